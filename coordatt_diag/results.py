@@ -1,0 +1,284 @@
+"""The result of a run as frozen, documented data.
+
+Hooks reduce each batch to small summaries (`coordatt_diag.stats`), `coordatt_diag.analysis`
+freezes them into a `Report`, `coordatt_diag.health` adds findings, and the writers in
+`coordatt_diag.reports` render it without computing anything. The JSON report is the plain
+serialisation of these classes (`Report.to_dict` / `Report.from_dict`); its JSON Schema is
+`coordatt_diag/schema/report.schema.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_ID = "coordatt-diag/report@1"
+
+#: Mask kinds, by the shape the block computed them in (B = batch, C = channels of the block input).
+MASK_KINDS = ("a_h", "a_w", "a_hw", "channel", "spatial")
+
+SEVERITIES = ("info", "warn", "fail")
+STATUSES = ("ok", "warn", "fail")
+
+
+@dataclass(frozen=True)
+class AxisProfile:
+    """Mean mask value at each position along one axis, and its channel-to-channel spread.
+
+    Attributes:
+        mean: for each position, the mask averaged over samples, channels and the other axis.
+        spread: for each position, the (population) std across channels of the per-channel means.
+    """
+
+    mean: list[float]
+    spread: list[float]
+
+
+@dataclass(frozen=True)
+class MaskStats:
+    """Statistics of one mask of one block over every value of every batch.
+
+    Attributes:
+        count: number of finite values seen.
+        min, max, mean: over the finite values.
+        std: unbiased std over all finite values (for one batch, the seed's `last_mask_stats()`).
+        sat_low: share of values <= 0.01 (the gate is shutting the signal off).
+        sat_high: share of values >= 0.99 (the gate passes everything).
+        exact01: share of values exactly 0 or exactly 1 (a hard gate in its flat region: no gradient).
+        nonfinite: number of NaN or infinite values.
+        pos_std: population std along the mask's own positional axes (H for a_h, W for a_w, H*W for
+            a_hw and spatial) for each sample and channel, averaged; None for channel masks.
+        chan_std: population std across channels of the per-channel mean; None with one channel.
+        hist: 64-bin histogram of the finite values over [0, 1].
+        shape: one sample's mask in canonical layout: [C, H, 1] for a_h, [C, 1, W] for a_w,
+            [C, H, W] for a_hw, [C, 1, 1] for channel, [1, H, W] for spatial.
+        profile_h: axis profile along H (None when H == 1 or the shape varied between batches).
+        profile_w: axis profile along W (likewise).
+    """
+
+    count: int
+    min: float | None
+    max: float | None
+    mean: float | None
+    std: float | None
+    sat_low: float
+    sat_high: float
+    exact01: float
+    nonfinite: int
+    pos_std: float | None
+    chan_std: float | None
+    hist: list[int]
+    shape: list[int]
+    profile_h: AxisProfile | None = None
+    profile_w: AxisProfile | None = None
+
+
+@dataclass(frozen=True)
+class StdRatio:
+    """std(out) / std(x) of a block: per batch mean_i std(out_i) / mean_i std(x_i) (population std
+    over C*H*W of each sample, the seed's `r_out_pre`).
+
+    Attributes:
+        mean: sample-weighted mean over batches.
+        min: smallest per-batch value.
+        batches: number of batches it was measured on.
+    """
+
+    mean: float
+    min: float
+    batches: int
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One health finding.
+
+    Attributes:
+        code: stable identifier (see the thresholds table in the README).
+        severity: "info", "warn" or "fail".
+        block: the block's name as in `named_modules()` ("" for the model as a whole).
+        mask: the mask it is about (a_h, a_w, ...), or None for the whole block.
+        value: the measured value.
+        threshold: the threshold it was compared with.
+        message: one line: what was measured and why it matters.
+        remedy: what to change (names the seed add-on to try where one applies).
+    """
+
+    code: str
+    severity: str
+    block: str
+    mask: str | None
+    value: float | None
+    threshold: float | None
+    message: str
+    remedy: str
+
+
+@dataclass(frozen=True)
+class BlockReport:
+    """One attention block.
+
+    Attributes:
+        name: module name as in `model.named_modules()` ("" is the model itself).
+        type: the block's class name.
+        kind: "coordinate", "coordinate+channel", "coordinate-map", "cbam", "channel", "spatial"
+            or "other", from the masks it computes.
+        feature: [C, H, W] of the block's input (first batch).
+        masks: mask kind -> statistics, in the order the block computed them.
+        std_ratio: the block's std ratio, None when its input or output is not a tensor.
+        params: number of parameters of the block.
+        identity_path: the block keeps part of its input unscaled (attention residual, alpha
+            blending, `x + alpha * (y - x)`), so the seed's std-ratio floor applies.
+        weight_rms: root mean square of the block's weight tensors (parameters with dim > 1).
+        status: "ok", "warn" or "fail": the most severe of its findings.
+        findings: the block's findings.
+        extra: family-specific statistics (e.g. a seed block's monitor, router and clamps).
+    """
+
+    name: str
+    type: str
+    kind: str
+    feature: list[int]
+    masks: dict[str, MaskStats]
+    std_ratio: StdRatio | None
+    params: int
+    identity_path: bool
+    weight_rms: float | None
+    status: str = "ok"
+    findings: list[Finding] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """Where the model came from.
+
+    Attributes:
+        path: the checkpoint file, None for an in-memory model.
+        sha256: hex digest of the file.
+        format: "module", "dict:ema", "dict:model", "state_dict", "ultralytics", "lightning",
+            "safetensors" or "in-memory".
+        epoch: the epoch the file records, if it does.
+        extra: other facts the file records (e.g. Ultralytics `train_args`, `date`, `version`).
+    """
+
+    path: str | None
+    sha256: str | None
+    format: str
+    epoch: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InputsInfo:
+    """What was fed to the model.
+
+    Attributes:
+        source: "synthetic", "images" or "tensors".
+        path: the file or folder, None for synthetic inputs.
+        samples: number of samples run.
+        batches: number of batches run.
+        batch_size: the batch size asked for.
+        shape: [C, H, W] of one sample (first batch).
+        skipped: images that could not be read.
+        normalize: "unit", "imagenet" or None (tensors are used as given).
+        note: a remark for the user (e.g. that real images give a truer picture), or None.
+    """
+
+    source: str
+    path: str | None
+    samples: int
+    batches: int
+    batch_size: int
+    shape: list[int]
+    skipped: int = 0
+    normalize: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Counts of blocks by status, and the model's status (the worst block's)."""
+
+    blocks: int
+    ok: int
+    warn: int
+    fail: int
+    status: str
+
+
+@dataclass(frozen=True)
+class Report:
+    """A whole run: the JSON report of `coordatt-diag inspect --json`.
+
+    Attributes:
+        schema: "coordatt-diag/report@1".
+        tool: {"name", "version", "torch"}.
+        checkpoint: where the model came from.
+        inputs: what was fed to it.
+        blocks: the attention blocks in model order.
+        summary: counts by status.
+        findings: model-level findings (block == ""), e.g. from a baseline comparison.
+        thresholds: the thresholds the findings were judged with.
+    """
+
+    schema: str
+    tool: dict[str, str]
+    checkpoint: CheckpointInfo
+    inputs: InputsInfo
+    blocks: list[BlockReport]
+    summary: Summary
+    findings: list[Finding] = field(default_factory=list)
+    thresholds: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready dict (plain `dataclasses.asdict`)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        """Rebuild a report from `to_dict()` output (e.g. a JSON file written by `inspect`)."""
+        if data.get("schema") != SCHEMA_ID:
+            raise ValueError(f"not a coordatt-diag report (schema {data.get('schema')!r})")
+        return cls(
+            schema=data["schema"],
+            tool=dict(data["tool"]),
+            checkpoint=CheckpointInfo(**data["checkpoint"]),
+            inputs=InputsInfo(**data["inputs"]),
+            blocks=[_block_from_dict(b) for b in data["blocks"]],
+            summary=Summary(**data["summary"]),
+            findings=[Finding(**f) for f in data.get("findings", [])],
+            thresholds=dict(data.get("thresholds", {})),
+        )
+
+    def block(self, name: str) -> BlockReport:
+        """The block called `name` (KeyError if there is none)."""
+        for b in self.blocks:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+
+def _profile(data: dict[str, Any] | None) -> AxisProfile | None:
+    return None if data is None else AxisProfile(**data)
+
+
+def _mask_from_dict(data: dict[str, Any]) -> MaskStats:
+    d = dict(data)
+    d["profile_h"] = _profile(d.get("profile_h"))
+    d["profile_w"] = _profile(d.get("profile_w"))
+    return MaskStats(**d)
+
+
+def _block_from_dict(data: dict[str, Any]) -> BlockReport:
+    d = dict(data)
+    d["masks"] = {k: _mask_from_dict(v) for k, v in d["masks"].items()}
+    d["std_ratio"] = None if d.get("std_ratio") is None else StdRatio(**d["std_ratio"])
+    d["findings"] = [Finding(**f) for f in d.get("findings", [])]
+    return BlockReport(**d)
+
+
+def display_name(name: str) -> str:
+    """How a block name is shown: the model itself ("") reads as "(model)"."""
+    return name if name else "(model)"
