@@ -1,0 +1,204 @@
+"""The `coordatt-diag` command line: parse options, call one library function, render its result.
+
+torch and matplotlib are imported inside the commands, so `--help` and `--version` stay fast.
+Domain errors become exit codes here and only here (see `coordatt_diag.errors`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from coordatt_diag import __version__
+from coordatt_diag.errors import EXIT_INTERNAL, DiagError
+
+app = typer.Typer(
+    name="coordatt-diag",
+    help="A mask-health doctor for Coordinate Attention, CBAM and SE blocks in PyTorch models.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+T = TypeVar("T")
+
+# Shared options (the same spelling and help in every command that takes them).
+CheckpointArg = Annotated[Path, typer.Argument(help="Checkpoint file (.pt, .pth, .ckpt).",
+                                               show_default=False)]
+TrustOpt = Annotated[bool, typer.Option(
+    "--trust", help="Load with full pickle (runs code from the file). Only for files you trust.")]
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", help="Factory pkg.module:function that builds the model for a state dict.")]
+ModelArgsOpt = Annotated[str | None, typer.Option(
+    "--model-args", help='JSON keyword arguments for --model, e.g. \'{"num_classes": 10}\'.')]
+ImportOpt = Annotated[list[str] | None, typer.Option(
+    "--import", help="Import this module first (the user's block classes). Repeatable.")]
+PathOpt = Annotated[list[Path] | None, typer.Option(
+    "--path", help="Add this folder to the import path. Repeatable.")]
+ImagesOpt = Annotated[Path | None, typer.Option(
+    "--images", help="Image file or folder (recursive; jpg, png, bmp, webp, tif).")]
+TensorsOpt = Annotated[Path | None, typer.Option(
+    "--tensors", help=".pt file with a tensor (N,C,H,W) or a list of them, or a .npy array.")]
+SyntheticOpt = Annotated[bool, typer.Option(
+    "--synthetic", help="Standard-normal inputs (the default when no input is named).")]
+ImgszOpt = Annotated[int, typer.Option("--imgsz", help="Image side after resizing (and of "
+                                       "synthetic inputs).")]
+NormalizeOpt = Annotated[str, typer.Option("--normalize", help="Image scaling: unit ([0,1]) or "
+                                           "imagenet.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Samples per batch.")]
+BatchesOpt = Annotated[int | None, typer.Option(
+    "--batches", help="Run at most this many batches (default: all; 4 for synthetic).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the synthetic inputs.")]
+BlocksOpt = Annotated[str | None, typer.Option(
+    "--blocks", help="Regex: only blocks whose name matches; also names modules the search "
+    "misses.")]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", help="TOML file of thresholds (default: [tool.coordatt-diag] in ./pyproject.toml)."
+)]
+JsonOpt = Annotated[str | None, typer.Option(
+    "--json", help="Write the JSON report to this file ('-': stdout, and nothing else there).")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu (default), cuda, cuda:N.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"coordatt-diag {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """A mask-health doctor for Coordinate Attention, CBAM and SE blocks in PyTorch models."""
+
+
+def _guard(debug: bool, fn: Callable[[], T]) -> T:
+    """Run a command body; map domain errors to their exit code and one line on stderr."""
+    try:
+        return fn()
+    except typer.Exit:
+        raise
+    except DiagError as exc:
+        if debug:
+            traceback.print_exc()
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - the one boundary for unexpected errors
+        if debug:
+            traceback.print_exc()
+        typer.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug and "
+                   "report it)", err=True)
+        raise typer.Exit(EXIT_INTERNAL) from None
+
+
+class _ProgressBar:
+    """A progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, total: int | None, label: str) -> None:
+        self.bar: Any = None
+        if sys.stderr.isatty() and not os.environ.get("CI"):
+            from rich.progress import Progress
+
+            self.bar = Progress(transient=True, console=None)
+            self.task = self.bar.add_task(label, total=total)
+
+    def __enter__(self) -> _ProgressBar:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def __call__(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done)
+
+
+def _emit_report(report: Any, json_out: str | None) -> None:
+    from coordatt_diag.reports.json_report import report_json, write_report
+    from coordatt_diag.reports.terminal import make_console, render
+
+    if json_out == "-":
+        sys.stdout.write(report_json(report))
+        return
+    if json_out:
+        write_report(report, Path(json_out))
+    render(report, make_console())
+
+
+def _inspect_options(**kw: Any) -> Any:
+    from coordatt_diag.analysis import InspectOptions
+    from coordatt_diag.errors import UsageError
+
+    if kw.pop("synthetic") and (kw["images"] is not None or kw["tensors"] is not None):
+        raise UsageError("--synthetic cannot be combined with --images or --tensors")
+    kw["imports"] = tuple(kw["imports"] or ())
+    kw["paths"] = tuple(kw["paths"] or ())
+    return InspectOptions(**kw)
+
+
+@app.command()
+def inspect(
+    checkpoint: CheckpointArg,
+    trust: TrustOpt = False,
+    model: ModelOpt = None,
+    model_args: ModelArgsOpt = None,
+    imports: ImportOpt = None,
+    path: PathOpt = None,
+    images: ImagesOpt = None,
+    tensors: TensorsOpt = None,
+    synthetic: SyntheticOpt = False,
+    imgsz: ImgszOpt = 224,
+    normalize: NormalizeOpt = "unit",
+    batch_size: BatchSizeOpt = 8,
+    batches: BatchesOpt = None,
+    seed: SeedOpt = 0,
+    blocks: BlocksOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = None,
+    device: DeviceOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Find every attention block, stream its mask statistics over the inputs, judge its health.
+
+    Example: coordatt-diag inspect runs/exp/weights/last.pt --images samples/ --trust
+    """
+
+    def body() -> None:
+        from coordatt_diag.analysis import inspect_checkpoint
+
+        opts = _inspect_options(
+            trust=trust, model=model, model_args=model_args, imports=imports, paths=path,
+            images=images, tensors=tensors, synthetic=synthetic, imgsz=imgsz,
+            normalize=normalize, batch_size=batch_size, batches=batches, seed=seed,
+            blocks=blocks, config=config, device=device,
+        )
+        with _ProgressBar(batches, "inspect") as bar:
+            report = inspect_checkpoint(checkpoint, opts, progress=bar)
+        _emit_report(report, json_out)
+
+    _guard(debug, body)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Renderers: they take a frozen `Report` and write it out, computing nothing."""
