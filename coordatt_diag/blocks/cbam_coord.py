@@ -43,7 +43,9 @@ GateMode = Literal["sigmoid", "hardsigmoid"]
 MonitorStats = dict[str, float | str]
 """``monitor_stats`` of ``CBAMChannelPlusCoord`` (section 8 of the notebook lists the keys)."""
 
-CAOutput = tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+CAOutput = (
+    tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+)
 BlockMaps = tuple[
     torch.Tensor, torch.Tensor, torch.Tensor | None, MaskStats | None, MonitorStats | None
 ]
