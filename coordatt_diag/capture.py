@@ -114,6 +114,7 @@ class GateOutput:
 
     tensor: torch.Tensor
     op: str
+    activation: bool = False  # an activation (swish-like) inside some module, not a mask
 
 
 def _tensors_in(obj: Any) -> list[torch.Tensor]:
@@ -198,6 +199,7 @@ class _Tracer(TorchFunctionMode):
         if not outs:
             return
         gate_index: int | None = None
+        activation = False
         for frame in self.frames:
             tags = [frame.tag(t) for t in arg_tensors]
             if not any(tags) and name not in _STARTERS:
@@ -205,6 +207,8 @@ class _Tracer(TorchFunctionMode):
             new = self._new_tag(frame, name, args, kwargs, arg_tensors, tags, outs[0])
             if new is None:
                 continue
+            if frame is self.frames[-1] and new.pointwise and new.gates is None:
+                activation = True
             if new.gates is not None and new.gates == {-1: False}:  # a fresh gate output
                 if gate_index is None:
                     gate_index = len(self.gates)
@@ -212,6 +216,9 @@ class _Tracer(TorchFunctionMode):
                 new.gates = {gate_index: False}
             for o in outs:
                 frame.set(o, new)
+        if gate_index is not None and activation:
+            # the innermost module computed it from its own input alone: swish, h_swish
+            self.gates[gate_index].activation = True
 
     def _new_tag(
         self,
@@ -506,7 +513,7 @@ class _DiscoveryHooks:
             if tag is not None and tag.gates is not None and len(tag.gates) == 1:
                 (g_index, tr), = tag.gates.items()
                 g = self.tracer.gates[g_index]
-                if g.tensor is ref:
+                if g.tensor is ref and not g.activation:
                     kind = classify_mask(ref.shape, tr, x.shape)
                     if kind is not None:
                         obs.all_gates.append((kind, g.op))
@@ -734,7 +741,7 @@ class MaskCapture:
                 tag = frame.tags.get(id(ref))
                 if tag is not None and tag.gates and len(tag.gates) == 1:
                     (g, tr), = tag.gates.items()
-                    if gates[g].tensor is ref:
+                    if gates[g].tensor is ref and not gates[g].activation:
                         picked.append((g, tr))
         else:
             picked = sorted(frame.masks.items())

@@ -1,0 +1,99 @@
+"""Streaming accumulators: exact against torch, mergeable, bounded memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from coordatt_diag.stats import BlockAccumulator, MaskAccumulator, RatioAccumulator
+
+
+def _mask(seed: int, shape: tuple[int, ...] = (4, 6, 5, 1)) -> torch.Tensor:
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_statistics_over_batches_equal_torch() -> None:
+    parts = [_mask(i) for i in range(5)]
+    acc = MaskAccumulator()
+    for p in parts:
+        acc.update(p)
+    s = acc.finalize()
+    flat = torch.cat(parts).double().flatten()
+    assert s.count == flat.numel()
+    assert s.mean == pytest.approx(float(flat.mean()), abs=1e-9)
+    assert s.std == pytest.approx(float(flat.std()), abs=1e-9)
+    assert s.min == pytest.approx(float(flat.min()))
+    assert s.max == pytest.approx(float(flat.max()))
+    assert s.hist == torch.histc(flat.float(), bins=64, min=0, max=1).long().tolist()
+    rows = torch.cat(parts).reshape(-1, 5)
+    assert s.pos_std == pytest.approx(float(rows.std(1, correction=0).mean()), abs=1e-6)
+    assert s.profile_h is not None and len(s.profile_h.mean) == 5
+    assert s.profile_w is None
+
+
+def test_merge_of_halves_equals_whole_run() -> None:
+    parts = [_mask(i, (3, 4, 1, 7)) for i in range(6)]
+    whole, first, second = MaskAccumulator(), MaskAccumulator(), MaskAccumulator()
+    for i, p in enumerate(parts):
+        whole.update(p)
+        (first if i < 3 else second).update(p)
+    first.merge(second)
+    a, b = whole.finalize(), first.finalize()
+    for field in ("count", "mean", "std", "min", "max", "sat_low", "sat_high", "pos_std",
+                  "chan_std", "hist"):
+        assert getattr(a, field) == pytest.approx(getattr(b, field), abs=1e-9), field
+    assert a.profile_w == pytest.approx(b.profile_w)
+
+
+def test_merge_into_empty_and_ratio_merge() -> None:
+    x1, x2 = torch.randn(4, 3, 5, 5), torch.randn(2, 3, 5, 5)
+    whole, one, two = RatioAccumulator(), RatioAccumulator(), RatioAccumulator()
+    for x, acc in ((x1, one), (x2, two)):
+        whole.update(x, x * 0.5)
+        acc.update(x, x * 0.5)
+    empty = RatioAccumulator()
+    empty.merge(one)
+    empty.merge(two)
+    assert empty.finalize() == whole.finalize()
+    r = whole.finalize()
+    assert r is not None and r.mean == pytest.approx(0.5) and r.batches == 2
+
+
+def test_nonfinite_values_are_counted_and_left_out() -> None:
+    m = _mask(0)
+    m[0, 0, 0, 0] = float("nan")
+    m[1, 2, 3, 0] = float("inf")
+    s = MaskAccumulator.of_batch(m).finalize()
+    finite = m[torch.isfinite(m)].double()
+    assert s.nonfinite == 2
+    assert s.count == finite.numel()
+    assert s.mean == pytest.approx(float(finite.mean()), abs=1e-9)
+    assert s.std == pytest.approx(float(finite.std()), abs=1e-9)
+    assert sum(s.hist) == finite.numel()
+
+
+def test_saturation_and_exact_shares() -> None:
+    m = torch.tensor([0.0, 0.005, 0.5, 0.995, 1.0, 1.0, 0.3, 0.7]).reshape(1, 1, 8, 1)
+    s = MaskAccumulator.of_batch(m).finalize()
+    assert s.sat_low == pytest.approx(2 / 8)
+    assert s.sat_high == pytest.approx(3 / 8)
+    assert s.exact01 == pytest.approx(3 / 8)
+
+
+def test_shape_change_drops_profiles_but_keeps_statistics() -> None:
+    acc = MaskAccumulator()
+    acc.update(_mask(0, (2, 3, 4, 1)))
+    acc.update(_mask(1, (2, 3, 6, 1)))
+    s = acc.finalize()
+    assert s.profile_h is None and s.count == 2 * 3 * 4 + 2 * 3 * 6
+
+
+def test_memory_does_not_grow_with_batches() -> None:
+    acc = BlockAccumulator.empty()
+    x = torch.randn(2, 4, 6, 6)
+    sizes = []
+    for i in range(40):
+        acc.update(x, x, {"a_h": _mask(i, (2, 4, 6, 1))})
+        state = acc.masks["a_h"].state()
+        sizes.append(sum(t.numel() for t in state.values()))
+    assert len(set(sizes)) == 1
