@@ -291,14 +291,13 @@ class _Tracer(TorchFunctionMode):
                 for a, t in zip(arg_tensors, tags, strict=False)
             )
             if others_ok:
-                gates: dict[int, bool] = {}
+                union: dict[int, bool] = {}
                 blended = any(t.blended for t in gate_tags)
                 for t in gate_tags:
-                    assert t.gates is not None
-                    gates.update(t.gates)
+                    union.update(t.gates or {})
                 if name in _ADDS:
                     blended = blended or self._adds_constant(args, kwargs, tags)
-                return _Tag(gates=gates, blended=blended)
+                return _Tag(gates=union, blended=blended)
         if pointwise:
             return _Tag(pointwise=True)
         return None
@@ -596,13 +595,13 @@ def discover_blocks(
                 continue
             if any(_within(name, t) or _within(t, name) for t in taken):
                 continue
-            obs = observed.get(name)
-            if obs is None or not obs.all_gates:
+            seen = observed.get(name)
+            if seen is None or not seen.all_gates:
                 continue
-            kinds = [k for k, _ in obs.all_gates]
+            kinds = [k for k, _ in seen.all_gates]
             specs.append(BlockSpec(
                 name=name, type=type(module).__name__, kind=block_kind(kinds),
-                masks=_mask_names(kinds), identity_path=False, feature=obs.feature, forced=True,
+                masks=_mask_names(kinds), identity_path=False, feature=seen.feature, forced=True,
             ))
             taken.append(name)
         order = {n: i for i, n in enumerate(modules)}

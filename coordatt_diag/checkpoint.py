@@ -22,6 +22,7 @@ import json
 import pickle
 import re
 import sys
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -93,9 +94,11 @@ def _unsafe_globals(path: Path) -> list[str]:
 
 
 def _refusal(path: Path, exc: Exception) -> CheckpointError:
-    classes = _unsafe_globals(path)
+    # the file's own classes first: torch's are rarely the news
+    classes = sorted(_unsafe_globals(path), key=lambda c: (c.startswith("torch."), c))
     if classes:
-        shown = ", ".join(classes[:8]) + (f" and {len(classes) - 8} more" if len(classes) > 8 else "")
+        shown = ", ".join(classes[:12]) + (
+            f" and {len(classes) - 12} more" if len(classes) > 12 else "")
         what = f"it pickles classes ({shown})"
     else:
         detail = str(exc).strip().splitlines()
@@ -143,7 +146,10 @@ def read_checkpoint(path: Path, trust: bool = False) -> Any:
             "--model) instead"
         )
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=not trust)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols and FutureWarnings on every legacy file
+            warnings.simplefilter("ignore")
+            return torch.load(str(path), map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
         if not trust and "Weights only load failed" in str(exc) and not _looks_corrupt(exc):
             raise _refusal(path, exc) from exc

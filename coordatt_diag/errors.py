@@ -8,7 +8,8 @@ Library code raises these with a one-line message that names the problem and the
 | 0 | the command ran (for `inspect`/`report`, whatever the health) |
 | 1 | `check` only: the model is unhealthy at or above `--fail-on` |
 | 2 | usage error (bad option, bad regex, bad config file) |
-| 3 | checkpoint or input error (corrupt file, refused pickle, missing class, no blocks found, unreadable inputs, wrong channel count) |
+| 3 | checkpoint or input error (corrupt file, refused pickle, missing class, no blocks found, |
+|   | unreadable inputs, wrong channel count) |
 | 4 | internal error (a bug in coordatt-diag: please report it with `--debug` output) |
 """
 

@@ -241,13 +241,13 @@ def decode_image(path: Path, channels: int, imgsz: int, normalize: str,
         raise InputError(
             f"the model takes {channels} input channels; images can feed 1, 3 or 4: use --tensors"
         )
-    with Image.open(path) as im:
-        im = im.convert(mode)
-        if letterbox:
-            im = _letterbox(im, imgsz)
-        else:
-            im = im.resize((imgsz, imgsz), Image.Resampling.BILINEAR)
-        arr = np.asarray(im, dtype=np.float32) / 255.0
+    with Image.open(path) as opened:
+        im = opened.convert(mode)
+    if letterbox:
+        im = _letterbox(im, imgsz)
+    else:
+        im = im.resize((imgsz, imgsz), Image.Resampling.BILINEAR)
+    arr = np.asarray(im, dtype=np.float32) / 255.0
     if arr.ndim == 2:
         arr = arr[:, :, None]
     arr = arr.transpose(2, 0, 1)

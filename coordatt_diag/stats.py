@@ -122,8 +122,10 @@ class MaskAccumulator:
         self.mean = self.mean + delta * n_b / n
         self.m2 = self.m2 + other.m2.to(n_a.device) + delta * delta * n_a * n_b / n
         self.n = self.n + other.n.to(self.n.device)
-        self.min = torch.minimum(self.min, other.min.to(n_a.device))  # type: ignore[arg-type]
-        self.max = torch.maximum(self.max, other.max.to(n_a.device))  # type: ignore[arg-type]
+        assert self.min is not None and self.max is not None
+        assert other.min is not None and other.max is not None
+        self.min = torch.minimum(self.min, other.min.to(n_a.device))
+        self.max = torch.maximum(self.max, other.max.to(n_a.device))
         for attr in ("hist", "low", "high", "exact", "nonfinite", "pos_sum", "pos_rows"):
             setattr(self, attr, getattr(self, attr) + getattr(other, attr).to(n_a.device))
         if self.shape == other.shape and not (self.shape_varied or other.shape_varied):

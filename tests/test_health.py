@@ -79,7 +79,7 @@ def test_pyproject_table_is_read(tmp_path: Path) -> None:
     assert load_thresholds(None, cwd=tmp_path / "nowhere").default == Thresholds()
 
 
-@pytest.mark.parametrize("text", ['[tool.coordatt-diag]\nnope = 1\n', 'x = [', 
+@pytest.mark.parametrize("text", ['[tool.coordatt-diag]\nnope = 1\n', 'x = [',
                                   '[tool.coordatt-diag]\nsuppression_warn = "a"\n',
                                   '[tool.coordatt-diag.blocks."("]\nsuppression_warn = 1\n'])
 def test_bad_config_is_a_usage_error(tmp_path: Path, text: str) -> None:

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import IO
+from typing import IO, Literal
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from coordatt_diag.results import Report, display_name
+from coordatt_diag.results import MaskStats, Report, display_name
 
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "info": "cyan"}
 
@@ -37,16 +37,18 @@ def blocks_table(report: Report, plain: bool) -> Table:
     """The per-block table."""
     table = Table(box=box.ASCII2 if plain else box.SIMPLE_HEAVY, show_lines=False,
                   header_style="bold", pad_edge=False)
-    for col, justify in (("block", "left"), ("type", "left"), ("feature", "left"),
+    columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
+        ("block", "left"), ("type", "left"), ("feature", "left"),
                          ("mask", "left"), ("mean", "right"), ("std", "right"),
                          ("min", "right"), ("max", "right"), ("sat<=.01", "right"),
                          ("sat>=.99", "right"), ("pos std", "right"), ("std ratio", "right"),
-                         ("status", "left")):
+                         ("status", "left"))
+    for col, justify in columns:
         table.add_column(col, justify=justify, no_wrap=col in ("block", "status"))
     for b in report.blocks:
         ratio = "-" if b.std_ratio is None else f"{b.std_ratio.mean:.3f}"
         first = True
-        masks = list(b.masks.items()) or [("-", None)]
+        masks: list[tuple[str, MaskStats | None]] = list(b.masks.items()) or [("-", None)]
         for name, m in masks:
             table.add_row(
                 Text(display_name(b.name)) if first else Text(""),
