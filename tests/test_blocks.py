@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import torch
@@ -31,6 +31,17 @@ from coordatt_diag.blocks import (
 from tests.seed_code import seed000, seed001_step2
 
 Tensor = torch.Tensor
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    """Tiny tensors: one intra-op thread is faster (and far steadier on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 # ----------------------------------------------------------------------------------------------
 # Helpers: plain-op versions of every layer, reading the module's own weights.
@@ -144,16 +155,14 @@ _KEEP = ("alpha", "T", "t_raw", "r_ema", "num_batches_tracked")
 
 
 @torch.no_grad()
-def randomize_(module: nn.Module, seed: int, scale: float = 0.5) -> nn.Module:
+def randomize_(module: ModuleT, seed: int, scale: float = 0.5) -> ModuleT:
     """Random weights everywhere (BN running stats too); alphas / temperatures / r_ema kept."""
     gen = torch.Generator().manual_seed(seed)
     for name, t in list(module.named_parameters()) + list(module.named_buffers()):
         leaf = name.rsplit(".", 1)[-1]
         if leaf.startswith(_KEEP):
             continue
-        if leaf == "running_var":
-            t.copy_(0.5 + torch.rand(t.shape, generator=gen))
-        elif leaf == "weight" and t.dim() == 1:  # norm affine
+        if leaf == "running_var" or (leaf == "weight" and t.dim() == 1):  # variance, norm affine
             t.copy_(0.5 + torch.rand(t.shape, generator=gen))
         else:
             t.copy_(scale * torch.randn(t.shape, generator=gen))
@@ -162,6 +171,16 @@ def randomize_(module: nn.Module, seed: int, scale: float = 0.5) -> nn.Module:
 
 def close(actual: Any, expected: Any, tol: float) -> None:
     torch.testing.assert_close(actual, expected, atol=tol, rtol=tol)
+
+
+def close_stats(actual: Any, expected: Any, tol: float = 1e-6) -> None:
+    """Nested ``last_mask_stats()`` dicts (or None) are equal to ``tol``."""
+    if expected is None:
+        assert actual is None
+        return
+    assert actual is not None and actual.keys() == expected.keys()
+    for axis, values in expected.items():
+        assert actual[axis] == pytest.approx(values, abs=tol), axis
 
 
 def x_input(seed: int, shape: tuple[int, ...] = (2, 16, 7, 9), dtype: Any = torch.float64) -> Tensor:
@@ -310,7 +329,9 @@ def test_coordatt_rejects_bad_options(kwargs: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def hand_ca(ca: ChannelAttentionFusionT, x: Tensor, opts: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor | None]:
+def hand_ca(
+    ca: ChannelAttentionFusionT, x: Tensor, opts: dict[str, Any]
+) -> tuple[Tensor, Tensor, Tensor | None]:
     act = relu if opts.get("act", "relu") == "relu" else (lambda z: z * sig(z))
     avg = x.mean(dim=(2, 3), keepdim=True)
     mx = x.amax(dim=(2, 3), keepdim=True)
@@ -369,11 +390,11 @@ def test_channel_attention_matches_hand_formula(opts: dict[str, Any]) -> None:
     if opts.get("learnable_temperature"):
         t_max = opts.get("t_max", 3.0)
         t0 = min(max(opts["temperature"], 0.5 + 1e-6), t_max - 1e-6)
-        assert float(F.softplus(ca.t_raw) + 1e-6) == pytest.approx(t0, abs=1e-5)
+        assert float(F.softplus(ca.t_raw.detach()) + 1e-6) == pytest.approx(t0, abs=1e-5)
         # and T is clamped from above in forward too
         with torch.no_grad():
             ca.t_raw.fill_(10.0)
-        assert float(ca.get_T(x)) == pytest.approx(t_max)
+        assert float(ca.get_T(x).detach()) == pytest.approx(t_max)
     else:
         t = opts.get("temperature", 0.9)
         assert float(ca.get_T(x)) == pytest.approx(min(max(t, opts.get("t_min", 0.5)), 3.0))
@@ -397,9 +418,7 @@ def hand_coord(m: CoordinateAttPlus, x: Tensor, opts: dict[str, Any], training: 
     hw = torch.cat([h_ms, w_ms.transpose(2, 3)], dim=2)
     act = {"hswish": hswish, "relu": relu, "silu": lambda z: z * sig(z)}[opts.get("act", "hswish")]
     mid = act(norm(conv1x1(hw, m.shared_bottleneck_proj), m.shared_bottleneck_norm, training))
-    mid = act(
-        norm(conv1x1(mid, m.shared_bottleneck_refine), m.shared_bottleneck_refine_norm, training)
-    )
+    mid = act(norm(conv1x1(mid, m.shared_bottleneck_refine), m.shared_bottleneck_refine_norm, training))
     mid_h, mid_w = mid[:, :, :h], mid[:, :, h:].transpose(2, 3)
     attn_h = hsig(conv1x1(mid_h, m.h_attention_head))
     attn_w = hsig(conv1x1(mid_w, m.w_attention_head))
@@ -439,7 +458,7 @@ def test_coordinate_att_plus_scale_clamp_binds() -> None:
     torch.manual_seed(0)
     m = randomize_(CoordinateAttPlus(16, beta=1.0, init_alpha=0.99), seed=7, scale=3.0).double()
     x = x_input(8).abs() + 0.1  # positive input: out / x is the scale
-    ratio = m(x) / x
+    ratio = (m(x) / x).detach()
     assert float(ratio.min()) == pytest.approx(0.6)
     # attn in [0, 1] and alpha in (0, 1) give scale_h * scale_w <= 1, so with beta >= 0 the upper
     # clamp (scale_max) cannot bind: it only guards against beta < 0.
@@ -451,12 +470,12 @@ def test_coordinate_att_plus_head_init() -> None:
     m = CoordinateAttPlus(64)
     for head in (m.h_attention_head, m.w_attention_head):
         assert head.bias is not None and torch.all(head.bias == 0)
-        assert 0.007 < float(head.weight.std()) < 0.013
+        assert 0.007 < float(head.weight.detach().std()) < 0.013
     # mid = max(min_mid, C // reduction, max(8, min(32, C // 4))) = 16, GroupNorm with 16 groups
     assert m.shared_bottleneck_proj.out_channels == 16
     assert isinstance(m.shared_bottleneck_norm, nn.GroupNorm)
     assert m.shared_bottleneck_norm.num_groups == 16
-    assert float(torch.sigmoid(m.alpha_h_raw)) == pytest.approx(0.7)
+    assert float(torch.sigmoid(m.alpha_h_raw.detach())) == pytest.approx(0.7)
 
 
 def hand_block(
@@ -481,6 +500,7 @@ def test_block_monitor_and_rescue_match_hand_formula(rescue_mode: str, r_ema0: f
     r_ema = torch.tensor(r_ema0, dtype=torch.float64)
     x = x_input(10)
     alpha = sig(m.alpha_raw.detach())
+    seen: list[dict[str, Any]] = []
     for step in range(3):
         xs = x * (1 + 0.3 * step)
         _, y = hand_block(m, xs, {}, {})
@@ -495,23 +515,27 @@ def test_block_monitor_and_rescue_match_hand_formula(rescue_mode: str, r_ema0: f
         expected = xs + alpha_eff * (y - xs)
 
         out, ca_map, fusion_w, coord_stats, monitor = m(xs)
-        close(out, expected, 1e-9)
-        close(m.r_ema, r_ema, 1e-9)
+        # the monitor measures std in float32 (x.float(), as in the seed): 1e-6, not 1e-10
+        close(out, expected, 1e-6)
+        close(m.r_ema, r_ema, 1e-6)
         assert monitor is not None and coord_stats is not None
         assert monitor["rescue_mode"] == rescue_mode
-        assert monitor["r_out_pre"] == pytest.approx(float(r_out), abs=1e-9)
-        assert monitor["r_ema"] == pytest.approx(float(r_ema), abs=1e-9)
-        assert monitor["alpha"] == pytest.approx(float(alpha), abs=1e-9)
-        assert monitor["alpha_eff"] == pytest.approx(float(alpha_eff), abs=1e-9)
-        assert monitor["x_std"] == pytest.approx(float(pop_std(xs)), abs=1e-9)
-        assert monitor["y_std"] == pytest.approx(float(pop_std(y)), abs=1e-9)
-        assert monitor["r_block"] == pytest.approx(float(pop_std(y) / pop_std(xs)), abs=1e-9)
+        assert monitor["r_out_pre"] == pytest.approx(float(r_out), abs=1e-6)
+        assert monitor["r_ema"] == pytest.approx(float(r_ema), abs=1e-6)
+        assert monitor["alpha"] == pytest.approx(float(alpha), abs=1e-6)
+        assert monitor["alpha_eff"] == pytest.approx(float(alpha_eff), abs=1e-6)
+        assert monitor["x_std"] == pytest.approx(float(pop_std(xs)), abs=1e-6)
+        assert monitor["y_std"] == pytest.approx(float(pop_std(y)), abs=1e-6)
+        assert monitor["r_block"] == pytest.approx(float(pop_std(y) / pop_std(xs)), abs=1e-6)
         assert ca_map.shape == (2, 16, 1, 1) and fusion_w.shape == (2, 2)
-    if r_ema0 == 0.05:  # the floors bind
+        seen.append(monitor)
+    if r_ema0 == 0.05:  # first step: r_ema ~ 0.09, ratio ~ 0.2: the floors bind
         floor = 0.2 * float(alpha) if rescue_mode == "ratio_floor" else 0.2
-        assert monitor["alpha_eff"] == pytest.approx(floor)
-    if r_ema0 == 1.0:  # no rescue while r_ema >= r_min
-        assert monitor["alpha_eff"] == pytest.approx(float(alpha))
+        assert seen[0]["alpha_eff"] == pytest.approx(floor, abs=1e-6)
+    elif r_ema0 == 0.3:  # rescue engaged, floors not binding
+        assert 0.2 < seen[0]["alpha_eff"] < float(alpha)
+    else:  # no rescue while r_ema >= r_min
+        assert all(s["alpha_eff"] == pytest.approx(float(alpha)) for s in seen)
 
 
 def test_block_without_monitor_or_in_eval() -> None:
@@ -544,7 +568,9 @@ def test_block_options_match_hand_formula() -> None:
     m = randomize_(m, seed=13).double().eval()
     x = x_input(14)
     _, y = hand_block(m, x, ca_opts, coord_opts)
-    close(m(x), x + 0.4 * (y - x), 1e-10)
+    alpha = sig(m.alpha_raw.detach())
+    assert float(alpha) == pytest.approx(0.4)
+    close(m(x), x + alpha * (y - x), 1e-10)
     # no residual: the block output is y
     m2 = randomize_(CBAMChannelPlusCoord(16, residual=False), seed=13).double().eval()
     _, y2 = hand_block(m2, x, {}, {})
@@ -574,14 +600,14 @@ SEED_CASES = [0, *ADDON_OPTS]
 def test_coordatt_seed_state_dict_parity(addon: int, learnable: bool) -> None:
     torch.manual_seed(0)
     seed_cls = seed000.CoordinateAtt if addon == 0 else seed000.ADDONS[addon]
-    seed_m = randomize_(seed_cls(16, alpha=0.7, learnable_alpha=learnable), seed=20 + addon)
+    seed_m: Any = randomize_(seed_cls(16, alpha=0.7, learnable_alpha=learnable), seed=20 + addon)
     ours = build_coordatt(ADDON_OPTS.get(addon, {}), alpha=0.2, learnable=learnable)
     x = x_input(21, dtype=torch.float32)
     for training in (False, True):
         _parity(seed_m, ours, x, training)
     assert ours._last_ah is not None and seed_m._last_ah is not None
     close(ours._last_ah, seed_m._last_ah, 1e-6)
-    assert ours.last_mask_stats() == pytest.approx(seed_m.last_mask_stats())  # type: ignore[operator]
+    close_stats(ours.last_mask_stats(), seed_m.last_mask_stats())
     # BN running statistics moved identically in training mode
     close(ours.state_dict(), seed_m.state_dict(), 1e-6)
 
@@ -598,7 +624,7 @@ STEP2_CASES: list[dict[str, Any]] = [
 ]  # fmt: skip
 
 
-def _step2_pair(kwargs: dict[str, Any], seed: int) -> tuple[nn.Module, CBAMChannelPlusCoord]:
+def _step2_pair(kwargs: dict[str, Any], seed: int) -> tuple[Any, CBAMChannelPlusCoord]:
     torch.manual_seed(0)
     seed_m = randomize_(seed001_step2.CBAMChannelPlusCoord(16, **kwargs), seed=seed)
     ours = CBAMChannelPlusCoord(16, **kwargs)
@@ -638,7 +664,7 @@ def test_step2_return_maps_matches_seed_tuple(kwargs: dict[str, Any]) -> None:
             assert got[2] is None
         else:
             close(got[2], want[2], 1e-6)
-        assert got[3] == pytest.approx(want[3], abs=1e-6)
+        close_stats(got[3], want[3])
         if want[4] is None:
             assert got[4] is None
         else:
@@ -726,7 +752,7 @@ def _train(model: nn.Module, steps: int = 25, lr: float = 0.2) -> tuple[float, f
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     return losses[0], losses[-1]
 
 
@@ -744,7 +770,8 @@ def test_coordatt_training_lowers_loss(opts: dict[str, Any]) -> None:
 @pytest.mark.parametrize("kwargs", [{}, {"monitor": True, "learnable_alpha": True}])
 def test_block_training_lowers_loss(kwargs: dict[str, Any]) -> None:
     torch.manual_seed(0)
-    first, last = _train(CBAMChannelPlusCoord(16, **kwargs))
+    # the block is gentle by design (beta_ca, coord beta, residual alpha): a larger step
+    first, last = _train(CBAMChannelPlusCoord(16, **kwargs), lr=1.0)
     assert last < 0.7 * first
 
 
@@ -801,4 +828,6 @@ def test_hand_helpers_agree_with_torch() -> None:
     close(dw3x3(x, conv3), conv3(x), 1e-12)
     g = nn.Conv2d(16, 8, 1, groups=4).double()
     close(conv1x1(x, g), g(x), 1e-12)
-    assert math.isclose(float(softplus(torch.tensor(0.3))), float(F.softplus(torch.tensor(0.3))), rel_tol=1e-6)
+    assert math.isclose(
+        float(softplus(torch.tensor(0.3))), float(F.softplus(torch.tensor(0.3))), rel_tol=1e-6
+    )

@@ -43,12 +43,8 @@ GateMode = Literal["sigmoid", "hardsigmoid"]
 MonitorStats = dict[str, float | str]
 """``monitor_stats`` of ``CBAMChannelPlusCoord`` (section 8 of the notebook lists the keys)."""
 
-CAOutput = (
-    tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
-)
-BlockMaps = tuple[
-    torch.Tensor, torch.Tensor, torch.Tensor | None, MaskStats | None, MonitorStats | None
-]
+CAOutput = tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+BlockMaps = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, MaskStats | None, MonitorStats | None]
 
 
 def softplus_inverse(y: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -379,12 +375,8 @@ class CoordinateAttPlus(nn.Module):
         self.w_local_dw = nn.Conv2d(c, c, (1, 3), padding=(0, 1), groups=c, bias=False)
 
         d = int(dilation)
-        self.h_dilated_dw = nn.Conv2d(
-            c, c, (3, 1), padding=(d, 0), dilation=(d, 1), groups=c, bias=False
-        )
-        self.w_dilated_dw = nn.Conv2d(
-            c, c, (1, 3), padding=(0, d), dilation=(1, d), groups=c, bias=False
-        )
+        self.h_dilated_dw = nn.Conv2d(c, c, (3, 1), padding=(d, 0), dilation=(d, 1), groups=c, bias=False)
+        self.w_dilated_dw = nn.Conv2d(c, c, (1, 3), padding=(0, d), dilation=(1, d), groups=c, bias=False)
 
         self.h_channel_mixer = nn.Conv2d(c, c, 1, bias=True)
         self.w_channel_mixer = nn.Conv2d(c, c, 1, bias=True)

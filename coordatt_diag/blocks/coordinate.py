@@ -206,12 +206,8 @@ class CoordinateAtt(nn.Module):
             raise ValueError("act must be 'hswish' or 'relu'")
 
         # Section 0 / add-on 8: the two heads.
-        self.conv_h = nn.Conv2d(
-            mid_channels, in_channels, kernel_size=1, groups=self.head_groups, bias=True
-        )
-        self.conv_w = nn.Conv2d(
-            mid_channels, in_channels, kernel_size=1, groups=self.head_groups, bias=True
-        )
+        self.conv_h = nn.Conv2d(mid_channels, in_channels, kernel_size=1, groups=self.head_groups, bias=True)
+        self.conv_w = nn.Conv2d(mid_channels, in_channels, kernel_size=1, groups=self.head_groups, bias=True)
 
         # Section 0 / add-on 4: the mixing weight(s).
         names = ("alpha_h", "alpha_w") if self.per_axis_alpha else ("alpha",)

@@ -60,8 +60,7 @@ def quick_mask_check(
         std_w = stats["a_w"]["std"]
         if std_h < std_threshold or std_w < std_threshold:
             warnings.append(
-                f"{LOW_STD_WARNING} (std a_h={std_h:.4g}, a_w={std_w:.4g}, "
-                f"threshold {std_threshold:g})"
+                f"{LOW_STD_WARNING} (std a_h={std_h:.4g}, a_w={std_w:.4g}, threshold {std_threshold:g})"
             )
     if verbose:
         print(stats)
