@@ -23,6 +23,7 @@ Definitions (the README's "Statistics" section repeats them):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -35,6 +36,38 @@ SAT_LOW = 0.01
 SAT_HIGH = 0.99
 
 _F64 = torch.float64
+
+
+@functools.cache
+def _bins(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Shared bin edges for the histogram and the saturation counts of a finite mask.
+
+    `bucketize(right=True)` gives each value the number of edges <= it. The edges are the
+    histogram's (k/64), 0 and the value just above it (exact zeros), just above 0.01 (<= 0.01),
+    0.99 (>= 0.99), 1 and just above it (exact ones). Returns the edges, (histogram bin, bucket)
+    index pairs, and the buckets that are low (<= 0.01), high (>= 0.99) and exactly 0 or 1.
+    """
+    one = torch.tensor(1.0, dtype=dtype)
+    after = lambda v: float(torch.nextafter(torch.tensor(v, dtype=dtype), 2 * one))  # noqa: E731
+    edges = sorted({0.0, after(0.0), after(SAT_LOW), SAT_HIGH, 1.0, after(1.0)}
+                   | {k / HIST_BINS for k in range(1, HIST_BINS)})
+    # bucket i holds [edges[i-1], edges[i]); bucket 0 is below 0, the last above 1
+    hist_bin, bucket, low, high, exact = [], [], [], [], []
+    for i in range(len(edges) + 1):
+        lo = edges[i - 1] if i > 0 else -math.inf
+        hi = edges[i] if i < len(edges) else math.inf
+        if 0.0 <= lo <= 1.0:
+            hist_bin.append(min(int(lo * HIST_BINS), HIST_BINS - 1))
+            bucket.append(i)
+        if hi <= after(SAT_LOW):
+            low.append(i)
+        if lo >= SAT_HIGH:
+            high.append(i)
+        if lo in (0.0, 1.0):
+            exact.append(i)
+    as_t = lambda v: torch.tensor(v, dtype=torch.int64, device=device)  # noqa: E731
+    return (torch.tensor(edges, dtype=dtype, device=device),
+            torch.stack([as_t(hist_bin), as_t(bucket)]), as_t(low), as_t(high), as_t(exact))
 
 
 class MaskAccumulator:
@@ -71,10 +104,53 @@ class MaskAccumulator:
 
     @classmethod
     def of_batch(cls, mask: torch.Tensor) -> MaskAccumulator:
-        """The statistics of one batch of a mask, (B, C, H, W)."""
+        """The statistics of one batch of a mask, (B, C, H, W).
+
+        The sum decides the path: when it is finite every value is, and the histogram and the
+        saturation counts come from one `bucketize` + `bincount` over shared bin edges (two
+        passes instead of seven); otherwise non-finite values are masked out value by value.
+        """
         m = mask.detach()
         if m.dtype not in (torch.float32, _F64):
             m = m.float()
+        total = m.sum(dtype=_F64)
+        if bool(torch.isfinite(total)):
+            acc = cls._finite_batch(m, total)
+        else:
+            acc = cls._masked_batch(m)
+        b, c, h, w = m.shape
+        acc.samples, acc.shape = b, (c, h, w)
+        return acc
+
+    @classmethod
+    def _finite_batch(cls, m: torch.Tensor, total: torch.Tensor) -> MaskAccumulator:
+        b, c, h, w = m.shape
+        acc = cls()
+        n = m.numel()
+        acc.n = torch.tensor(n, dtype=torch.int64, device=m.device)
+        acc.mean = total / max(n, 1)
+        var = torch.var(m, correction=0)
+        acc.m2 = var.to(_F64) * n
+        acc.min, acc.max = (t.to(_F64) for t in torch.aminmax(m))
+        edges, hist_of, low, high, exact = _bins(m.dtype, m.device)
+        counts = torch.bincount(torch.bucketize(m.reshape(-1), edges, right=True),
+                                minlength=edges.numel() + 1)
+        acc.hist = torch.zeros(HIST_BINS, dtype=torch.int64, device=m.device).index_add_(
+            0, hist_of[0], counts[hist_of[1]])
+        acc.low, acc.high, acc.exact = counts[low].sum(), counts[high].sum(), counts[exact].sum()
+        acc.nonfinite = torch.zeros((), dtype=torch.int64, device=m.device)
+        if h * w > 1:
+            acc.pos_sum = m.reshape(b * c, h * w).std(dim=1, correction=0).sum(dtype=_F64)
+            acc.pos_rows = torch.tensor(b * c, dtype=torch.int64, device=m.device)
+        else:
+            acc.pos_sum = torch.zeros((), dtype=_F64, device=m.device)
+            acc.pos_rows = torch.zeros((), dtype=torch.int64, device=m.device)
+        acc.sum_h = m.sum(dim=(0, 3), dtype=_F64)
+        acc.sum_w = acc.sum_h.sum(dim=1, keepdim=True) if w == 1 else m.sum(dim=(0, 2), dtype=_F64)
+        return acc
+
+    @classmethod
+    def _masked_batch(cls, m: torch.Tensor) -> MaskAccumulator:
         b, c, h, w = m.shape
         zero = torch.zeros((), dtype=m.dtype, device=m.device)
         finite = torch.isfinite(m)
@@ -103,7 +179,6 @@ class MaskAccumulator:
             acc.pos_rows = torch.zeros((), dtype=torch.int64, device=m.device)
         acc.sum_h = v.sum(dim=(0, 3), dtype=_F64)
         acc.sum_w = v.sum(dim=(0, 2), dtype=_F64)
-        acc.samples, acc.shape = b, (c, h, w)
         return acc
 
     def merge(self, other: MaskAccumulator) -> None:
@@ -195,8 +270,18 @@ def _profile(per_channel: torch.Tensor) -> AxisProfile:
 
 
 def std_per_sample(t: torch.Tensor) -> torch.Tensor:
-    """Population std over C*H*W of each sample, shape (B,)."""
-    return t.detach().float().flatten(1).std(dim=1, correction=0)
+    """Population std over C*H*W of each sample, shape (B,), in float64.
+
+    From one sum and one norm per sample (each a single read of the tensor, where `std` reads
+    it twice); the float64 combination keeps the cancellation harmless for activations.
+    """
+    flat = t.detach().reshape(t.shape[0], -1)
+    if flat.dtype not in (torch.float32, _F64):
+        flat = flat.float()
+    n = flat.shape[1]
+    mean = flat.sum(dim=1, dtype=_F64) / n
+    sq = torch.linalg.vector_norm(flat, dim=1).to(_F64) ** 2 / n
+    return (sq - mean * mean).clamp(min=0).sqrt()
 
 
 class RatioAccumulator:
