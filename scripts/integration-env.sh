@@ -68,16 +68,23 @@ venv_python_ok() {
   [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null
 }
 
+# Cheap (metadata only; importing torch+ultralytics takes >10 s on 2 cores): the full import
+# check runs once, at the end of the build, before the marker is written.
 is_complete() {
   [ -f "$marker" ] && [ "$(head -n 1 "$marker")" = "$spec" ] && venv_python_ok \
-    && "$venv/bin/python" -c 'import torch, torchvision, ultralytics, timm, safetensors, pytest' 2>/dev/null
+    && "$venv/bin/python" -I -c 'from importlib.metadata import version as v
+for p in ("torch", "torchvision", "ultralytics", "timm", "safetensors", "pytest", "packaging"):
+    v(p)' 2>/dev/null
 }
 
-# Project runtime dependencies ([project].dependencies) minus torch (pinned above); checked
-# on every call so a pyproject change does not need a full rebuild.
+# Light test-only extras the integration tests use beside pytest (report schema validation).
+test_reqs=("jsonschema>=4")
+
+# Project runtime dependencies ([project].dependencies) minus torch (pinned above), plus
+# test_reqs; checked on every call so a pyproject change does not need a full rebuild.
 ensure_project() {
   local missing
-  missing=$("$venv/bin/python" - "$repo/pyproject.toml" <<'PY'
+  missing=$("$venv/bin/python" - "$repo/pyproject.toml" "${test_reqs[@]}" <<'PY'
 import sys
 import tomllib
 from importlib.metadata import PackageNotFoundError, version
@@ -86,7 +93,7 @@ from packaging.requirements import Requirement
 
 with open(sys.argv[1], "rb") as f:
     deps = tomllib.load(f)["project"].get("dependencies", [])
-for dep in deps:
+for dep in [*deps, *sys.argv[2:]]:
     req = Requirement(dep)
     if req.name.lower() == "torch" or (req.marker and not req.marker.evaluate()):
         continue
@@ -105,7 +112,8 @@ PY
       || die "pip could not install the project dependencies"
   fi
   local where
-  where=$("$venv/bin/python" -c 'import coordatt_diag, os; print(os.path.dirname(os.path.dirname(os.path.realpath(coordatt_diag.__file__))))' 2>/dev/null || true)
+  # -I: no cwd on sys.path, so a repo that is merely the current directory does not count
+  where=$(cd / && "$venv/bin/python" -I -c 'import coordatt_diag, os; print(os.path.dirname(os.path.dirname(os.path.realpath(coordatt_diag.__file__))))' 2>/dev/null || true)
   if [ "$where" != "$repo" ]; then
     log "installing $repo editable (--no-deps)"
     "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$repo" 1>&2 \
@@ -143,7 +151,9 @@ if [ "$rebuild" = 1 ] || ! is_complete; then
   if ! "$venv/bin/python" -m pip install -q "${optional_reqs[@]}" 1>&2; then
     log "WARNING: could not install ${optional_reqs[*]}; the Lightning checkpoint will be skipped"
   fi
-  "$venv/bin/python" -c 'import torch, torchvision, ultralytics, timm, safetensors, pytest' 1>&2 \
+  # the import check must neither touch the network nor write ~/.config/Ultralytics
+  (cd / && YOLO_OFFLINE=1 YOLO_CONFIG_DIR="$cache/ultralytics-config" \
+    "$venv/bin/python" -I -c 'import torch, torchvision, ultralytics, timm, safetensors, pytest') 1>&2 \
     || die "the installed packages do not import"
   ensure_project
   {
