@@ -134,7 +134,7 @@ def finalize(
     probes: list[ExtraProbe] | None = None,
 ) -> Report:
     """Freeze the accumulators into a judged `Report`."""
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))
     blocks: list[BlockReport] = []
     for spec in state.blocks:
         acc = state.acc.get(spec.name)

@@ -553,7 +553,7 @@ def discover_blocks(
         tracer.frames.clear()
         tracer.gates.clear()
     observed = hooks.observed
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))
 
     def candidate(name: str) -> bool:
         obs = observed.get(name)
@@ -670,7 +670,7 @@ class MaskCapture:
         try:
             if self.eval_mode:
                 self.model.eval()
-            modules = dict(self.model.named_modules())
+            modules = dict(self.model.named_modules(remove_duplicate=False))
             for spec in self.blocks:
                 module = modules[spec.name]
                 self._handles.append(module.register_forward_pre_hook(
@@ -762,6 +762,6 @@ class MaskCapture:
 
 def iter_block_modules(model: nn.Module, blocks: list[BlockSpec]) -> Iterator[tuple[BlockSpec, nn.Module]]:
     """Each block with its module."""
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))
     for spec in blocks:
         yield spec, modules[spec.name]

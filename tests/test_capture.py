@@ -241,3 +241,24 @@ def test_blocks_regex_restricts_and_names_missed_modules() -> None:
 )
 def test_classify_mask(shape: tuple[int, ...], transposed: bool, kind: str | None) -> None:
     assert classify_mask(torch.Size(shape), transposed, torch.Size((2, 4, 6, 5))) == kind
+
+
+def test_shared_modules_do_not_break_the_search() -> None:
+    # Ultralytics' Conv shares one nn.SiLU instance across every layer
+    act = nn.SiLU()
+
+    class Conv(nn.Module):
+        default_act = act
+
+        def __init__(self, cin: int, cout: int) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+            self.act = self.default_act
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.act(self.conv(x))
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv(3, 8), fx.CBAM(8), Conv(8, 8), fx.OfficialCoordAtt(8)).eval()
+    specs = discover_blocks(model, _x())
+    assert [s.name for s in specs] == ["1", "3"]
