@@ -195,6 +195,179 @@ def inspect(
     _guard(debug, body)
 
 
+# --- check, trend, compare (issue #7): the CI gate, trends across checkpoints, A/B comparison ---
+
+CheckpointsArg = Annotated[list[Path], typer.Argument(
+    help="Checkpoint files (.pt, .pth, .ckpt); glob patterns are expanded.", show_default=False)]
+FailOnOpt = Annotated[str, typer.Option(
+    "--fail-on", help="Least severe finding that fails the check: info, warn or fail.")]
+BaselineOpt = Annotated[Path | None, typer.Option(
+    "--baseline", help="Earlier report JSON of the same architecture to compare with.")]
+MaxDropOpt = Annotated[float, typer.Option(
+    "--max-drop", help="A mask std or positional std that fell by more than this share of its "
+    "baseline value is a regression.")]
+MaxRatioDropOpt = Annotated[float, typer.Option(
+    "--max-ratio-drop", help="A std ratio that fell by more than this share of its baseline value "
+    "is a regression.")]
+WriteBaselineOpt = Annotated[Path | None, typer.Option(
+    "--write-baseline", help="Write the report JSON here, to serve as a later --baseline.")]
+JunitOpt = Annotated[Path | None, typer.Option(
+    "--junit", help="Write JUnit XML here (a testsuite per checkpoint, a testcase per block).")]
+OutDirOpt = Annotated[Path | None, typer.Option(
+    "--out", help="Folder for the PNG plots (mask_std, pos_std, std_ratio).")]
+SourceArg = Annotated[Path, typer.Argument(
+    help="Checkpoint, or report JSON (.json) written by inspect --json / check "
+    "--write-baseline.", show_default=False)]
+
+
+@app.command()
+def check(
+    checkpoints: CheckpointsArg,
+    trust: TrustOpt = False,
+    model: ModelOpt = None,
+    model_args: ModelArgsOpt = None,
+    imports: ImportOpt = None,
+    path: PathOpt = None,
+    images: ImagesOpt = None,
+    tensors: TensorsOpt = None,
+    synthetic: SyntheticOpt = False,
+    imgsz: ImgszOpt = 224,
+    normalize: NormalizeOpt = "unit",
+    batch_size: BatchSizeOpt = 8,
+    batches: BatchesOpt = None,
+    seed: SeedOpt = 0,
+    blocks: BlocksOpt = None,
+    config: ConfigOpt = None,
+    fail_on: FailOnOpt = "fail",
+    baseline: BaselineOpt = None,
+    max_drop: MaxDropOpt = 0.5,
+    max_ratio_drop: MaxRatioDropOpt = 0.3,
+    write_baseline: WriteBaselineOpt = None,
+    junit: JunitOpt = None,
+    json_out: JsonOpt = None,
+    device: DeviceOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Health gate for CI: exit 1 when a finding is at or above --fail-on (0 when healthy).
+
+    Example: coordatt-diag check best.pt --images samples/ --trust --fail-on warn --junit health.xml
+    """
+
+    def body() -> None:
+        from coordatt_diag.errors import EXIT_UNHEALTHY, UsageError
+        from coordatt_diag.gate import BaselineOptions, check_checkpoints, check_fail_on
+        from coordatt_diag.reports.check import emit_check
+
+        check_fail_on(fail_on)
+        tolerances = BaselineOptions(max_drop=max_drop, max_ratio_drop=max_ratio_drop)
+        if write_baseline is not None and len(checkpoints) != 1:
+            raise UsageError("--write-baseline needs exactly one checkpoint")
+        opts = _inspect_options(
+            trust=trust, model=model, model_args=model_args, imports=imports, paths=path,
+            images=images, tensors=tensors, synthetic=synthetic, imgsz=imgsz,
+            normalize=normalize, batch_size=batch_size, batches=batches, seed=seed,
+            blocks=blocks, config=config, device=device,
+        )
+        with _ProgressBar(None, "check") as bar:
+            result = check_checkpoints(checkpoints, opts, fail_on=fail_on, baseline=baseline,
+                                       baseline_options=tolerances, progress=bar)
+        emit_check(result, json_out=json_out, junit=junit, write_baseline=write_baseline)
+        if not result.healthy:
+            raise typer.Exit(EXIT_UNHEALTHY)
+
+    _guard(debug, body)
+
+
+@app.command()
+def trend(
+    checkpoints: CheckpointsArg,
+    trust: TrustOpt = False,
+    model: ModelOpt = None,
+    model_args: ModelArgsOpt = None,
+    imports: ImportOpt = None,
+    path: PathOpt = None,
+    images: ImagesOpt = None,
+    tensors: TensorsOpt = None,
+    synthetic: SyntheticOpt = False,
+    imgsz: ImgszOpt = 224,
+    normalize: NormalizeOpt = "unit",
+    batch_size: BatchSizeOpt = 8,
+    batches: BatchesOpt = None,
+    seed: SeedOpt = 0,
+    blocks: BlocksOpt = None,
+    config: ConfigOpt = None,
+    out: OutDirOpt = None,
+    json_out: JsonOpt = None,
+    device: DeviceOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Mask std, positional std and std ratio of every block across checkpoints, in epoch order.
+
+    Example: coordatt-diag trend runs/exp/weights/epoch*.pt --images samples/ --trust --out plots/
+    """
+
+    def body() -> None:
+        from coordatt_diag.reports.trend import emit_trend
+        from coordatt_diag.trend import trend_checkpoints
+
+        opts = _inspect_options(
+            trust=trust, model=model, model_args=model_args, imports=imports, paths=path,
+            images=images, tensors=tensors, synthetic=synthetic, imgsz=imgsz,
+            normalize=normalize, batch_size=batch_size, batches=batches, seed=seed,
+            blocks=blocks, config=config, device=device,
+        )
+        with _ProgressBar(None, "trend") as bar:
+            result = trend_checkpoints(checkpoints, opts, progress=bar)
+        emit_trend(result, json_out=json_out, out_dir=out)
+
+    _guard(debug, body)
+
+
+@app.command()
+def compare(
+    a: SourceArg,
+    b: SourceArg,
+    trust: TrustOpt = False,
+    model: ModelOpt = None,
+    model_args: ModelArgsOpt = None,
+    imports: ImportOpt = None,
+    path: PathOpt = None,
+    images: ImagesOpt = None,
+    tensors: TensorsOpt = None,
+    synthetic: SyntheticOpt = False,
+    imgsz: ImgszOpt = 224,
+    normalize: NormalizeOpt = "unit",
+    batch_size: BatchSizeOpt = 8,
+    batches: BatchesOpt = None,
+    seed: SeedOpt = 0,
+    blocks: BlocksOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = None,
+    device: DeviceOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Two checkpoints (or report JSONs) side by side: each block's change, findings new and gone.
+
+    Example: coordatt-diag compare a.pt b.pt --images samples/ --trust
+    """
+
+    def body() -> None:
+        from coordatt_diag.compare import compare_sources
+        from coordatt_diag.reports.compare import emit_compare
+
+        opts = _inspect_options(
+            trust=trust, model=model, model_args=model_args, imports=imports, paths=path,
+            images=images, tensors=tensors, synthetic=synthetic, imgsz=imgsz,
+            normalize=normalize, batch_size=batch_size, batches=batches, seed=seed,
+            blocks=blocks, config=config, device=device,
+        )
+        with _ProgressBar(None, "compare") as bar:
+            result = compare_sources(a, b, opts, progress=bar)
+        emit_compare(result, json_out=json_out)
+
+    _guard(debug, body)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

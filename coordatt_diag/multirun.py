@@ -1,0 +1,202 @@
+"""Run several checkpoints on the same inputs, prepared once: the library behind `check`, `trend`
+and `compare`.
+
+The inputs are read (images decoded, tensors loaded, noise drawn with its fixed seed) once, for
+the first checkpoint, and kept as a list of batches: in memory up to `memory_limit` bytes, then in
+a temporary folder (one `.pt` file per batch, deleted afterwards), so that a long list of
+checkpoints is compared on exactly the same samples without decoding the images again. A single
+checkpoint streams its inputs as `inspect` does.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from coordatt_diag.errors import CheckpointError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from coordatt_diag.analysis import InspectOptions, Progress
+    from coordatt_diag.results import Report
+
+#: Batches kept in memory before the rest go to a temporary folder (512 MiB).
+MEMORY_LIMIT = 512 * 1024 * 1024
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+class BatchCache:
+    """Input batches read once and replayed for every checkpoint.
+
+    Use as a context manager; iterate it as often as needed. Batches beyond `memory_limit` bytes
+    are saved to a temporary folder, removed on exit.
+    """
+
+    def __init__(self, memory_limit: int = MEMORY_LIMIT) -> None:
+        self.memory_limit = memory_limit
+        self._items: list[torch.Tensor | Path] = []
+        self._bytes = 0
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def __enter__(self) -> BatchCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Delete the spilled batches."""
+        self._items.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def fill(self, batches: Iterable[torch.Tensor]) -> BatchCache:
+        """Read every batch of `batches` (once)."""
+        import torch
+
+        for batch in batches:
+            size = batch.element_size() * batch.nelement()
+            if self._bytes + size <= self.memory_limit:
+                self._items.append(batch)
+                self._bytes += size
+                continue
+            if self._tmp is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="coordatt-diag-inputs-")
+            path = Path(self._tmp.name) / f"batch{len(self._items):06d}.pt"
+            torch.save(batch.contiguous(), path)
+            self._items.append(path)
+        return self
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def spilled(self) -> int:
+        """Number of batches kept on disk."""
+        return sum(isinstance(i, Path) for i in self._items)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        import torch
+
+        for item in self._items:
+            if isinstance(item, Path):
+                yield torch.load(item, map_location="cpu", weights_only=True)
+            else:
+                yield item
+
+
+def natural_key(text: str) -> list[tuple[int, int | str]]:
+    """Sort key that orders numbers by value: epoch2.pt before epoch10.pt."""
+    return [(0, int(part)) if part.isdigit() else (1, part.lower())
+            for part in re.split(r"(\d+)", text) if part]
+
+
+def expand_paths(paths: Iterable[Path]) -> list[Path]:
+    """The checkpoint files named by `paths`, with glob patterns the shell left unexpanded
+    (quoted in CI, or on Windows) expanded here in natural order; duplicates removed.
+
+    Raises:
+        CheckpointError: a pattern matches no file.
+    """
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for p in paths:
+        text = str(p)
+        if not p.exists() and _GLOB_CHARS.search(text):
+            matches = sorted(glob.glob(text, recursive=True), key=natural_key)
+            if not matches:
+                raise CheckpointError(f"no checkpoint matches {text!r}")
+            found = [Path(m) for m in matches]
+        else:
+            found = [p]
+        for f in found:
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                out.append(f)
+    return out
+
+
+def _check_pattern(pattern: str | None) -> None:
+    if pattern is None:
+        return
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise UsageError(f"--blocks {pattern!r} is not a valid regular expression: {exc}") from exc
+
+
+def inspect_checkpoints(
+    paths: list[Path],
+    options: InspectOptions | None = None,
+    progress: Progress | None = None,
+    on_checkpoint: Callable[[int, Path], None] | None = None,
+) -> list[Report]:
+    """`inspect_checkpoint` for each path, on the same inputs read once (see the module doc).
+
+    Args:
+        paths: checkpoint files, run in this order (one model in memory at a time).
+        options: the inspect options (inputs, model factory, thresholds, ...).
+        progress: called with the number of batches done, counted over all checkpoints.
+        on_checkpoint: called with the index and path before each checkpoint is loaded.
+
+    Returns:
+        One report per path, in the order of `paths`.
+
+    Raises:
+        UsageError, CheckpointError, InputError: as `inspect_checkpoint`.
+    """
+    from coordatt_diag.analysis import InspectOptions, finalize, run_batches
+    from coordatt_diag.checkpoint import add_import_paths, load_model
+    from coordatt_diag.inputs import input_channels, open_inputs
+    from coordatt_diag.thresholds import load_thresholds
+
+    if not paths:
+        raise UsageError("no checkpoint given")
+    opts = options or InspectOptions()
+    thresholds = load_thresholds(opts.config)
+    _check_pattern(opts.blocks)
+    add_import_paths(list(opts.paths), list(opts.imports))
+    done = 0
+
+    def count(_: int) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done)
+
+    reports: list[Report] = []
+    with BatchCache() as cache:
+        info = None
+        for i, path in enumerate(paths):
+            if on_checkpoint is not None:
+                on_checkpoint(i, path)
+            loaded = load_model(path, trust=opts.trust, factory=opts.model,
+                                factory_args=opts.model_args)
+            if info is None:
+                stream = open_inputs(
+                    images=opts.images, tensors=opts.tensors,
+                    channels=input_channels(loaded.model), imgsz=opts.imgsz,
+                    normalize=opts.normalize, batch_size=opts.batch_size,
+                    batches=opts.batches, seed=opts.seed,
+                )
+                if len(paths) == 1:
+                    batches: Iterable[torch.Tensor] = stream.batches()
+                else:
+                    batches = cache.fill(stream.batches())
+                state = run_batches(loaded.model, batches, blocks_pattern=opts.blocks,
+                                    device=opts.device or "cpu", progress=count)
+                info = stream.info()
+            else:
+                state = run_batches(loaded.model, cache, blocks_pattern=opts.blocks,
+                                    device=opts.device or "cpu", progress=count)
+            reports.append(finalize(loaded.model, state, thresholds, loaded.info, info))
+            del loaded, state
+    return reports

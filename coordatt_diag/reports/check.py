@@ -1,0 +1,109 @@
+"""The outputs of `check`: the lines on stderr (one per failing block, then the verdict), the
+check JSON, and `emit_check`, which writes every output the options ask for."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from coordatt_diag.errors import UsageError
+from coordatt_diag.gate import CheckResult
+from coordatt_diag.health import worst
+from coordatt_diag.reports.atomic import write_text
+from coordatt_diag.reports.json_report import _clean
+from coordatt_diag.results import Finding, display_name
+
+
+def _short(f: Finding) -> str:
+    text = f.code + (f" {f.mask}" if f.mask else "")
+    if f.value is not None and f.threshold is not None:
+        text += f" ({f.value:.4g} vs {f.threshold:.4g})"
+    return text
+
+
+def failing_lines(result: CheckResult) -> list[str]:
+    """One line per block (or the model) with findings at or above the gate, per checkpoint."""
+    lines = []
+    for v in result.verdicts:
+        ck = v.report.checkpoint.path or "model"
+        for block, findings in v.failing_blocks().items():
+            level = worst(findings)
+            parts = ", ".join(_short(f) for f in findings)
+            tag = "INFO" if level == "ok" else level.upper()
+            lines.append(f"{tag} {ck} {display_name(block)}: {parts}")
+    return lines
+
+
+def verdict_line(result: CheckResult) -> str:
+    """The last line: passed or failed, and at which level."""
+    n = len(result.verdicts)
+    bad = [Path(v.report.checkpoint.path or "model").name for v in result.verdicts
+           if not v.healthy]
+    if not bad:
+        return f"check passed: {n} checkpoint(s) healthy at --fail-on {result.fail_on}"
+    return (f"check failed: {len(bad)} of {n} checkpoint(s) unhealthy at --fail-on "
+            f"{result.fail_on} ({', '.join(bad)})")
+
+
+def check_json(result: CheckResult) -> str:
+    """The check result as indented JSON text (schema `coordatt-diag/check@1`)."""
+    return json.dumps(_clean(result.to_dict()), indent=2, allow_nan=False) + "\n"
+
+
+def emit_check(
+    result: CheckResult,
+    *,
+    json_out: str | None = None,
+    junit: Path | None = None,
+    write_baseline: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> None:
+    """Write every output of `check`.
+
+    * stdout: each checkpoint's report (as `inspect` prints it), or only the JSON with
+      `json_out="-"`;
+    * files: the check JSON (`json_out`), the JUnit XML (`junit`), the baseline (`write_baseline`,
+      one checkpoint only), all written atomically;
+    * GitHub Actions: annotations when `GITHUB_ACTIONS=true` (on stdout, or on stderr when stdout
+      carries the JSON; the runner reads both), the job summary appended to
+      `$GITHUB_STEP_SUMMARY` when it is set;
+    * stderr: one line per failing block, then the verdict.
+
+    Raises:
+        UsageError: `write_baseline` with several checkpoints.
+    """
+    from coordatt_diag.gate import write_baseline as write_baseline_file
+    from coordatt_diag.reports.github import annotation_lines, append_step_summary
+    from coordatt_diag.reports.junit import write_junit
+    from coordatt_diag.reports.terminal import make_console, render
+
+    env = os.environ if environ is None else environ
+    if write_baseline is not None and len(result.verdicts) != 1:
+        raise UsageError(
+            f"--write-baseline needs exactly one checkpoint, got {len(result.verdicts)}")
+    if json_out == "-":
+        sys.stdout.write(check_json(result))
+    else:
+        console = make_console()
+        for v in result.verdicts:
+            render(v.report, console)
+        if json_out:
+            write_text(Path(json_out), check_json(result))
+    if junit is not None:
+        write_junit(result, junit)
+    if write_baseline is not None:
+        write_baseline_file(result.verdicts[0].report, write_baseline)
+    if env.get("GITHUB_ACTIONS") == "true":
+        stream = sys.stderr if json_out == "-" else sys.stdout
+        for line in annotation_lines(result):
+            stream.write(line + "\n")
+        stream.flush()
+    summary_file = env.get("GITHUB_STEP_SUMMARY")
+    if summary_file:
+        append_step_summary(result, Path(summary_file))
+    for line in failing_lines(result):
+        sys.stderr.write(line + "\n")
+    sys.stderr.write(verdict_line(result) + "\n")

@@ -1,0 +1,199 @@
+"""Mask health across the checkpoints of a training run: the library behind `coordatt-diag trend`.
+
+Every checkpoint is run on the same inputs, read once (`coordatt_diag.multirun`). The checkpoints
+are put in the order of the epoch each file records (`CheckpointInfo.epoch`; Ultralytics writes
+-1 into the final stripped weights, which counts as no epoch), and those without one after them,
+by name in natural order (epoch2.pt before epoch10.pt). For each block the trend holds, per
+checkpoint, each mask's std, positional std and mean, the block's std ratio and status: the epoch
+where the masks start to flatten is where to look in the training run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from coordatt_diag.multirun import natural_key
+from coordatt_diag.results import Finding, InputsInfo, Report
+
+if TYPE_CHECKING:
+    from coordatt_diag.analysis import InspectOptions, Progress
+
+TREND_SCHEMA_ID = "coordatt-diag/trend@1"
+
+
+@dataclass(frozen=True)
+class TrendPoint:
+    """One checkpoint of the trend.
+
+    Attributes:
+        path: the checkpoint file.
+        epoch: the epoch the file records (None when it records none, or -1).
+        label: "epoch N", or the file name when there is no epoch.
+        sha256: hex digest of the file.
+        status: the model's status at this checkpoint.
+        findings: every finding at this checkpoint (the blocks', then the model-level ones).
+    """
+
+    path: str
+    epoch: int | None
+    label: str
+    sha256: str | None
+    status: str
+    findings: list[Finding] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MaskSeries:
+    """One mask's statistics per checkpoint (None where the block or mask is absent).
+
+    Attributes:
+        std: unbiased std of the mask values.
+        pos_std: positional std (None for channel masks).
+        mean: mean mask value.
+    """
+
+    std: list[float | None]
+    pos_std: list[float | None]
+    mean: list[float | None]
+
+
+@dataclass(frozen=True)
+class BlockSeries:
+    """One block's statistics per checkpoint.
+
+    Attributes:
+        name: the block's name as in `named_modules()`.
+        type: its class name (at the first checkpoint that has it).
+        masks: mask kind -> its series.
+        std_ratio: the block's mean std ratio per checkpoint.
+        status: the block's status per checkpoint (None where it is absent).
+    """
+
+    name: str
+    type: str
+    masks: dict[str, MaskSeries]
+    std_ratio: list[float | None]
+    status: list[str | None]
+
+
+@dataclass(frozen=True)
+class Trend:
+    """Block statistics across checkpoints: `coordatt-diag trend --json`.
+
+    Attributes:
+        points: the checkpoints, in order.
+        blocks: the blocks, in model order (blocks that appear later are appended).
+        inputs: the inputs every checkpoint was run on.
+        thresholds: the thresholds the findings were judged with (of the first checkpoint).
+    """
+
+    points: list[TrendPoint]
+    blocks: list[BlockSeries]
+    inputs: InputsInfo
+    thresholds: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def by_epoch(self) -> bool:
+        """Every checkpoint records its epoch (the x axis is the epoch)."""
+        return bool(self.points) and all(p.epoch is not None for p in self.points)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (schema `coordatt-diag/trend@1`)."""
+        data = dataclasses.asdict(self)
+        return {"schema": TREND_SCHEMA_ID, **data}
+
+
+def _epoch(report: Report) -> int | None:
+    epoch = report.checkpoint.epoch
+    return epoch if epoch is not None and epoch >= 0 else None
+
+
+def order_reports(reports: list[Report]) -> list[Report]:
+    """The reports by the epoch their file records, then those without one by name (natural)."""
+    def key(r: Report) -> tuple[int, int, list[tuple[int, int | str]]]:
+        epoch = _epoch(r)
+        name = natural_key(r.checkpoint.path or "")
+        return (0, epoch, name) if epoch is not None else (1, 0, name)
+
+    return sorted(reports, key=key)
+
+
+def build_trend(reports: list[Report], order: bool = True) -> Trend:
+    """The trend of `reports` (ordered with `order_reports` unless `order` is False).
+
+    Args:
+        reports: one report per checkpoint, e.g. from `multirun.inspect_checkpoints`.
+        order: sort them by epoch / name first.
+
+    Returns:
+        The per-block series.
+    """
+    if not reports:
+        raise ValueError("a trend needs at least one report")
+    ordered = order_reports(reports) if order else list(reports)
+    n = len(ordered)
+    points = []
+    names: list[str] = []
+    types: dict[str, str] = {}
+    for r in ordered:
+        epoch = _epoch(r)
+        path = r.checkpoint.path or "model"
+        points.append(TrendPoint(
+            path=path, epoch=epoch,
+            label=f"epoch {epoch}" if epoch is not None else Path(path).name,
+            sha256=r.checkpoint.sha256, status=r.summary.status,
+            findings=[f for b in r.blocks for f in b.findings] + list(r.findings),
+        ))
+        for b in r.blocks:
+            if b.name not in types:
+                names.append(b.name)
+                types[b.name] = b.type
+    blocks = []
+    for name in names:
+        masks: dict[str, MaskSeries] = {}
+        ratio: list[float | None] = [None] * n
+        status: list[str | None] = [None] * n
+        for i, r in enumerate(ordered):
+            found = next((x for x in r.blocks if x.name == name), None)
+            if found is None:
+                continue
+            status[i] = found.status
+            ratio[i] = found.std_ratio.mean if found.std_ratio is not None else None
+            for kind, m in found.masks.items():
+                s = masks.setdefault(kind, MaskSeries([None] * n, [None] * n, [None] * n))
+                s.std[i], s.pos_std[i], s.mean[i] = m.std, m.pos_std, m.mean
+        blocks.append(BlockSeries(name=name, type=types[name], masks=masks, std_ratio=ratio,
+                                  status=status))
+    return Trend(points=points, blocks=blocks, inputs=ordered[0].inputs,
+                 thresholds=dict(ordered[0].thresholds))
+
+
+def trend_checkpoints(
+    paths: list[Path],
+    options: InspectOptions | None = None,
+    progress: Progress | None = None,
+    on_checkpoint: Callable[[int, Path], None] | None = None,
+) -> Trend:
+    """What `coordatt-diag trend` runs: every checkpoint on the same inputs (read once), then the
+    trend in epoch order.
+
+    Args:
+        paths: checkpoint files; glob patterns the shell did not expand are expanded here.
+        options: the inspect options (inputs, model factory, thresholds, ...).
+        progress: called with the number of batches done over all checkpoints.
+        on_checkpoint: called with the index and path before each checkpoint.
+
+    Returns:
+        The trend.
+
+    Raises:
+        UsageError, CheckpointError, InputError: as `inspect_checkpoint`.
+    """
+    from coordatt_diag.multirun import expand_paths, inspect_checkpoints
+
+    files = expand_paths(paths)
+    return build_trend(inspect_checkpoints(files, options, progress, on_checkpoint))
