@@ -96,6 +96,8 @@ class _Frame:
     tags: dict[int, _Tag] = field(default_factory=dict)
     refs: list[torch.Tensor] = field(default_factory=list)  # keeps ids unique while the call runs
     masks: dict[int, bool] = field(default_factory=dict)  # gate index -> transposed at use
+    ordinals: dict[int, int] = field(default_factory=dict)  # gate index -> n-th gate of this call
+    n_gates: int = 0
     blended: bool = False
     # gates are shared by all frames of one forward pass (a gate belongs to every enclosing call)
 
@@ -115,6 +117,11 @@ class GateOutput:
     tensor: torch.Tensor
     op: str
     activation: bool = False  # an activation (swish-like) inside some module, not a mask
+
+
+#: Called with (block name, n-th gate output of the block's call, the gate output); a tensor it
+#: returns replaces the gate output in the forward pass (mask ablation), None keeps it.
+Replace = Callable[[str, int, torch.Tensor], "torch.Tensor | None"]
 
 
 def _tensors_in(obj: Any) -> list[torch.Tensor]:
@@ -180,24 +187,25 @@ def _flips_last_two(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
 class _Tracer(TorchFunctionMode):
     """Follows gates, masks and the module input through every torch call of the open frames."""
 
-    def __init__(self, exact_scalars: bool) -> None:
+    def __init__(self, exact_scalars: bool, replace: Replace | None = None) -> None:
         super().__init__()
         self.frames: list[_Frame] = []
         self.gates: list[GateOutput] = []
         self.exact_scalars = exact_scalars
+        self.replace = replace
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if self.frames:
-            self._follow(_op_name(func), args, kwargs, out)
+            out = self._follow(_op_name(func), args, kwargs, out)
         return out
 
-    def _follow(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    def _follow(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Any:
         arg_tensors = _tensors_in(args) + _tensors_in(list(kwargs.values()))
         outs = _tensors_in(out)
         if not outs:
-            return
+            return out
         gate_index: int | None = None
         activation = False
         for frame in self.frames:
@@ -210,15 +218,25 @@ class _Tracer(TorchFunctionMode):
             if frame is self.frames[-1] and new.pointwise and new.gates is None:
                 activation = True
             if new.gates is not None and new.gates == {-1: False}:  # a fresh gate output
+                ordinal = frame.n_gates
+                frame.n_gates += 1
+                if (self.replace is not None and frame is self.frames[0]
+                        and isinstance(out, torch.Tensor)):
+                    swapped = self.replace(frame.name, ordinal, out)
+                    if swapped is not None:
+                        out = swapped
+                        outs = [swapped]
                 if gate_index is None:
                     gate_index = len(self.gates)
                     self.gates.append(GateOutput(outs[0], name))
+                frame.ordinals[gate_index] = ordinal
                 new.gates = {gate_index: False}
             for o in outs:
                 frame.set(o, new)
         if gate_index is not None and activation:
             # the innermost module computed it from its own input alone: swish, h_swish
             self.gates[gate_index].activation = True
+        return out
 
     def _new_tag(
         self,
@@ -431,6 +449,8 @@ class BlockSpec:
         identity_path: the block keeps part of its input unscaled.
         feature: [C, H, W] of its input.
         forced: named by `--blocks` although the automatic search did not select it.
+        mask_gates: for each mask, which gate output of the block's call it is (0 = the first
+            gate the call computes), so a mask can be replaced in later passes (`Replace`).
     """
 
     name: str
@@ -440,11 +460,13 @@ class BlockSpec:
     identity_path: bool
     feature: tuple[int, ...]
     forced: bool = False
+    mask_gates: tuple[int, ...] = ()
 
 
 @dataclass
 class _Observed:
     masks: list[tuple[str, str]] = field(default_factory=list)  # (kind, op) per used gate
+    ordinals: list[int] = field(default_factory=list)  # n-th gate of the call, per mask
     all_gates: list[tuple[str, str]] = field(default_factory=list)  # classifiable gates inside
     blended: bool = False
     residual: bool = False
@@ -500,8 +522,10 @@ class _DiscoveryHooks:
         for gate_index in sorted(frame.masks):
             g = self.tracer.gates[gate_index]
             kind = classify_mask(g.tensor.shape, frame.masks[gate_index], x.shape)
-            if kind is not None and (kind, g.op) not in obs.masks:
+            ordinal = frame.ordinals.get(gate_index)
+            if kind is not None and ordinal is not None and ordinal not in obs.ordinals:
                 obs.masks.append((kind, g.op))
+                obs.ordinals.append(ordinal)
         if frame.masks:
             obs.blended = obs.blended or frame.blended
             out = _first_tensor((output,))
@@ -587,6 +611,7 @@ def discover_blocks(
             masks=_mask_names(kinds),
             identity_path=obs.blended or obs.residual,
             feature=obs.feature,
+            mask_gates=tuple(obs.ordinals),
         ))
     if regex is not None:
         taken = [s.name for s in specs]
@@ -654,6 +679,7 @@ class MaskCapture:
         blocks: list[BlockSpec],
         on_block: Callable[[BlockCall], None],
         eval_mode: bool = True,
+        replace: Replace | None = None,
     ) -> None:
         self.model = model
         self.blocks = blocks
@@ -661,7 +687,7 @@ class MaskCapture:
         self.eval_mode = eval_mode
         self._handles: list[Any] = []
         self._training: dict[nn.Module, bool] = {}
-        self._tracer = _Tracer(exact_scalars=False)
+        self._tracer = _Tracer(exact_scalars=False, replace=replace)
         self._active = False
         self.missing: list[str] = []  # blocks whose masks were not seen in some call
 

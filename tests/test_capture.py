@@ -262,3 +262,31 @@ def test_shared_modules_do_not_break_the_search() -> None:
     model = nn.Sequential(Conv(3, 8), fx.CBAM(8), Conv(8, 8), fx.OfficialCoordAtt(8)).eval()
     specs = discover_blocks(model, _x())
     assert [s.name for s in specs] == ["1", "3"]
+
+
+def test_replace_swaps_a_mask_in_the_forward_pass() -> None:
+    net = _net("official")
+    x = _x()
+    specs = discover_blocks(net, x)
+    # gate 0 of the call is h_swish's relu6(x + 3) / 6, not a mask
+    assert specs[0].mask_gates == (1, 2)
+    seen: list[tuple[str, int]] = []
+
+    def flat(block: str, ordinal: int, gate: torch.Tensor) -> torch.Tensor | None:
+        seen.append((block, ordinal))
+        return torch.ones_like(gate) if ordinal == 1 else None
+
+    with torch.no_grad():
+        base = net(x)
+    with torch.inference_mode(), MaskCapture(net, specs, lambda call: None, replace=flat):
+        out = net(x)
+    assert seen == [("stage.att", 0), ("stage.att", 1), ("stage.att", 2)]
+    assert not torch.allclose(out, base)
+    # the same as a model whose a_h is 1
+    att = net.stage.att
+    with torch.no_grad():
+        xin = _block_input(net, "stage.att", x)
+        y_h, y_w = att.mid(xin)
+        expect_att = xin * att.conv_w(y_w).sigmoid()
+        h = net.stage.project(expect_att) + net.stem(x)
+        torch.testing.assert_close(out, net.head(h))
