@@ -79,49 +79,66 @@ class MaskAccumulator:
         m = mask.detach()
         if m.dtype not in (torch.float32, _F64):
             m = m.float()
-        # float32 sums (torch reduces them pairwise) are accurate and many times faster than a
-        # float64 reduction on the CPU; they are combined in float64.
-        total = m.sum()
+        b, c, h, w = m.shape
+        # Per-row means (a row: one sample and channel along the mask's positions) give the total,
+        # and the deviations from them give both the positional std and, by the law of total
+        # variance, the whole mask's variance: fewer passes over the mask than separate reductions.
+        rows = m.reshape(b * c, h * w)
+        row_mean = rows.mean(dim=1)
         lo, hi = torch.aminmax(m)
-        total_v, lo_v, hi_v = torch.stack([total.to(_F64), lo.to(_F64), hi.to(_F64)]).tolist()
+        total_v, lo_v, hi_v = torch.stack([row_mean.sum(), lo, hi]).tolist()
         if math.isfinite(total_v):
-            acc = cls._finite_batch(m, total, lo, hi, in_unit=lo_v >= 0.0 and hi_v <= 1.0)
+            acc = cls._finite_batch(m, rows, row_mean, lo, hi, lo_v, hi_v)
         else:
             acc = cls._masked_batch(m)
-        b, c, h, w = m.shape
         acc.samples, acc.shape = b, (c, h, w)
         return acc
 
     @classmethod
-    def _finite_batch(cls, m: torch.Tensor, total: torch.Tensor, lo: torch.Tensor,
-                      hi: torch.Tensor, in_unit: bool) -> MaskAccumulator:
+    def _finite_batch(cls, m: torch.Tensor, rows: torch.Tensor, row_mean: torch.Tensor,
+                      lo: torch.Tensor, hi: torch.Tensor, lo_v: float,
+                      hi_v: float) -> MaskAccumulator:
         b, c, h, w = m.shape
         n = m.numel()
+        length = h * w
         dev = m.device
+        zero = torch.zeros((), dtype=torch.int64, device=dev)
         acc = cls()
         acc.n = torch.tensor(n, dtype=torch.int64, device=dev)
-        acc.mean = total.to(_F64) / max(n, 1)
-        acc.m2 = torch.var(m, correction=0).to(_F64) * n
-        acc.min, acc.max = lo.to(_F64), hi.to(_F64)
-        if in_unit:
-            # bin k holds [k/64, (k+1)/64), 1.0 the last: x * 64 is exact in binary floating point,
-            # so this equals torch.histc over [0, 1]
-            idx = (m.reshape(-1) * HIST_BINS).to(torch.int64).clamp_(max=HIST_BINS - 1)
-            acc.hist = torch.bincount(idx, minlength=HIST_BINS)
-        else:
-            acc.hist = torch.histc(m.float(), bins=HIST_BINS, min=0.0, max=1.0).to(torch.int64)
-        acc.low = (m <= SAT_LOW).sum()
-        acc.high = (m >= SAT_HIGH).sum()
-        acc.exact = (m == 0).sum() + (m == 1).sum()
-        acc.nonfinite = torch.zeros((), dtype=torch.int64, device=dev)
-        if h * w > 1:
-            rows = m.reshape(b * c, h * w)
-            d = rows - rows.mean(dim=1, keepdim=True)
-            acc.pos_sum = (d * d).mean(dim=1).sqrt().sum().to(_F64)
+        row_mean64 = row_mean.to(_F64)
+        mean = row_mean64.mean()
+        between = ((row_mean64 - mean) ** 2).sum() * length
+        if length > 1:
+            d = rows - row_mean.unsqueeze(1)
+            row_ss = (d * d).sum(dim=1)
+            acc.m2 = row_ss.sum().to(_F64) + between
+            acc.pos_sum = (row_ss / length).sqrt().sum().to(_F64)
             acc.pos_rows = torch.tensor(b * c, dtype=torch.int64, device=dev)
         else:
+            acc.m2 = between
             acc.pos_sum = torch.zeros((), dtype=_F64, device=dev)
-            acc.pos_rows = torch.zeros((), dtype=torch.int64, device=dev)
+            acc.pos_rows = zero
+        acc.mean = mean
+        acc.min, acc.max = lo.to(_F64), hi.to(_F64)
+        flat = m.reshape(-1)
+        if lo_v >= 0.0 and hi_v <= 1.0:
+            # bin k holds [k/64, (k+1)/64), 1.0 the last: x * 64 is exact in binary floating point,
+            # so this equals torch.histc over [0, 1] at a tenth of its cost
+            idx = (flat * HIST_BINS).to(torch.int32).clamp_(max=HIST_BINS - 1)
+            acc.hist = torch.bincount(idx, minlength=HIST_BINS)
+        else:
+            acc.hist = torch.histc(flat.float(), bins=HIST_BINS, min=0.0, max=1.0).to(torch.int64)
+        # the range (already on the host) says which tails can hold values at all; a healthy
+        # mask skips all four comparisons
+        acc.low = (flat <= SAT_LOW).sum() if lo_v <= SAT_LOW else zero
+        acc.high = (flat >= SAT_HIGH).sum() if hi_v >= SAT_HIGH else zero
+        exact = zero
+        if lo_v <= 0.0:
+            exact = exact + (flat == 0).sum()
+        if hi_v >= 1.0:
+            exact = exact + (flat == 1).sum()
+        acc.exact = exact
+        acc.nonfinite = zero
         acc.sum_h = m.sum(dim=(0, 3)).to(_F64)
         acc.sum_w = acc.sum_h.sum(dim=1, keepdim=True) if w == 1 else m.sum(dim=(0, 2)).to(_F64)
         return acc

@@ -105,7 +105,8 @@ def test_fast_path_equals_masked_path_on_edge_values() -> None:
     m = torch.tensor(edges + torch.rand(200, generator=torch.Generator().manual_seed(1)).tolist())
     m = m.reshape(1, 1, -1, 1)
     lo, hi = torch.aminmax(m)
-    fast = MaskAccumulator._finite_batch(m, m.sum(), lo, hi, in_unit=True)
+    rows = m.reshape(1, -1)
+    fast = MaskAccumulator._finite_batch(m, rows, rows.mean(dim=1), lo, hi, float(lo), float(hi))
     slow = MaskAccumulator._masked_batch(m)
     for name in ("n", "hist", "low", "high", "exact", "min", "max"):
         assert torch.equal(getattr(fast, name), getattr(slow, name).to(getattr(fast, name).dtype)), name
