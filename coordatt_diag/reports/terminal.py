@@ -84,8 +84,9 @@ def render(report: Report, console: Console) -> None:
             line = Text()
             line.append(f"{f.severity.upper():<4} ", style=_STYLE[f.severity])
             line.append(f"{where} [{f.code}]: {f.message}")
-            console.print(line)
-            console.print(Text(f"     remedy: {f.remedy}"))
+            # in logs a finding stays on one line, whatever the width
+            console.print(line, soft_wrap=plain)
+            console.print(Text(f"     remedy: {f.remedy}"), soft_wrap=plain)
     s = report.summary
     summary = Text(f"{s.blocks} blocks: {s.ok} ok, {s.warn} warn, {s.fail} fail -> ")
     summary.append(s.status.upper(), style=_STYLE[s.status])
