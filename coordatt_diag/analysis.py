@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -315,10 +314,3 @@ def inspect_checkpoint(
     state = run_batches(loaded.model, stream.batches(), blocks_pattern=opts.blocks,
                         device=opts.device or "cpu", progress=progress)
     return finalize(loaded.model, state, thresholds, loaded.info, stream.info())
-
-
-def with_findings(report: Report, findings: list[Any]) -> Report:
-    """The report with model-level findings added (e.g. from a baseline comparison)."""
-    all_findings = list(report.findings) + list(findings)
-    return dataclasses.replace(report, findings=all_findings,
-                               summary=summarize(report.blocks, all_findings))

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -784,10 +784,3 @@ class MaskCapture:
             self.missing.append(spec.name)
         out = _first_tensor((output,))
         self.on_block(BlockCall(spec=spec, x=x, out=out, masks=masks))
-
-
-def iter_block_modules(model: nn.Module, blocks: list[BlockSpec]) -> Iterator[tuple[BlockSpec, nn.Module]]:
-    """Each block with its module."""
-    modules = dict(model.named_modules(remove_duplicate=False))
-    for spec in blocks:
-        yield spec, modules[spec.name]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from coordatt_diag.results import BlockReport, Finding, MaskStats, Report, Summary
+from coordatt_diag.results import BlockReport, Finding, Report, Summary
 from coordatt_diag.thresholds import ThresholdConfig, Thresholds
 
 Rule = Callable[[BlockReport, Thresholds], list[Finding]]
@@ -185,8 +185,3 @@ def judge(report: Report, config: ThresholdConfig) -> Report:
         report, blocks=blocks, summary=summarize(blocks, report.findings),
         thresholds=config.to_dict(),
     )
-
-
-def mask_level(m: MaskStats) -> float | None:
-    """The level a mask sits at (its mean)."""
-    return m.mean
