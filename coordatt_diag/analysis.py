@@ -191,7 +191,9 @@ def run_batches(
     if first is None:
         raise InputError("no input batch to run")
     first = first.to(dev)
-    specs = find_blocks(model, first[: min(2, first.shape[0])], blocks_pattern)
+    # two samples: a gate computed from a parameter has batch size 1 and must not pass for a mask
+    probe = first[:2] if first.shape[0] >= 2 else first.repeat(2, *([1] * (first.dim() - 1)))
+    specs = find_blocks(model, probe, blocks_pattern)
     state = RunState(blocks=specs)
     with torch.inference_mode(), MaskCapture(model, specs, state.on_block):
         done = 0

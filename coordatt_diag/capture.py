@@ -770,6 +770,13 @@ class MaskCapture:
                         picked.append((g, tr))
         else:
             picked = sorted(frame.masks.items())
+            if spec.mask_gates:
+                # the gates discovery named masks; with a batch of one, a per-channel gate
+                # parameter (1, C, 1, 1) would otherwise pass for a mask
+                by_ordinal = [(g, tr) for g, tr in picked
+                              if frame.ordinals.get(g) in spec.mask_gates]
+                if len(by_ordinal) == len(spec.mask_gates):
+                    picked = by_ordinal
         kinds: list[str] = []
         tensors: list[torch.Tensor] = []
         for g, tr in picked:

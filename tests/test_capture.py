@@ -290,3 +290,23 @@ def test_replace_swaps_a_mask_in_the_forward_pass() -> None:
         expect_att = xin * att.conv_w(y_w).sigmoid()
         h = net.stage.project(expect_att) + net.stem(x)
         torch.testing.assert_close(out, net.head(h))
+
+
+def test_batch_of_one_does_not_take_a_gate_parameter_for_a_mask() -> None:
+    class GatedParam(nn.Module):
+        """A learned per-channel gate parameter next to a real SE mask."""
+
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.se = nn.Conv2d(c, c, 1)
+            self.w = nn.Parameter(torch.zeros(1, c, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x * torch.sigmoid(self.se(x.mean((2, 3), keepdim=True)))
+            return x * torch.sigmoid(self.w)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), GatedParam(4)).eval()
+    report = analyze_model(model, [_x(b=1), _x(b=1, seed=2)])
+    assert list(report.blocks[0].masks) == ["channel"]
+    assert report.blocks[0].masks["channel"].count == 2 * 4
