@@ -368,6 +368,75 @@ def compare(
     _guard(debug, body)
 
 
+# --- report (issue #6): a folder with a self-contained HTML page, Markdown and plots ---
+
+ReportSourceArg = Annotated[Path | None, typer.Argument(
+    help="Checkpoint file (.pt, .pth, .ckpt); leave it out with --from-json.", show_default=False)]
+ReportOutOpt = Annotated[Path, typer.Option(
+    "--out", help="Folder to write (index.html, report.md, report.json, plots/).",
+    show_default=False)]
+FromJsonOpt = Annotated[Path | None, typer.Option(
+    "--from-json", help="Render this report JSON (from inspect --json) instead of running a "
+    "model; no overlays.")]
+OverlaysOpt = Annotated[int, typer.Option(
+    "--overlays", help="Sample images shown with each block's mask laid over them (0: none).")]
+FormatOpt = Annotated[str, typer.Option("--format", help="Figure format: png or svg.")]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Replace --out even when it holds something other than a previous report.")]
+
+
+@app.command()
+def report(
+    out: ReportOutOpt,
+    checkpoint: ReportSourceArg = None,
+    from_json: FromJsonOpt = None,
+    overlays: OverlaysOpt = 4,
+    fmt: FormatOpt = "png",
+    force: ForceOpt = False,
+    trust: TrustOpt = False,
+    model: ModelOpt = None,
+    model_args: ModelArgsOpt = None,
+    imports: ImportOpt = None,
+    path: PathOpt = None,
+    images: ImagesOpt = None,
+    tensors: TensorsOpt = None,
+    synthetic: SyntheticOpt = False,
+    imgsz: ImgszOpt = 224,
+    normalize: NormalizeOpt = "unit",
+    batch_size: BatchSizeOpt = 8,
+    batches: BatchesOpt = None,
+    seed: SeedOpt = 0,
+    blocks: BlocksOpt = None,
+    config: ConfigOpt = None,
+    device: DeviceOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Write a report folder: index.html (self-contained), report.md, report.json and plots.
+
+    Example: coordatt-diag report runs/exp/weights/best.pt --images samples/ --trust --out diag/
+    """
+
+    def body() -> None:
+        from coordatt_diag.reporting import make_report
+
+        opts = _inspect_options(
+            trust=trust, model=model, model_args=model_args, imports=imports, paths=path,
+            images=images, tensors=tensors, synthetic=synthetic, imgsz=imgsz,
+            normalize=normalize, batch_size=batch_size, batches=batches, seed=seed,
+            blocks=blocks, config=config, device=device,
+        )
+        with _ProgressBar(batches, "report") as bar:
+            folder = make_report(out, checkpoint, opts, from_json=from_json, overlays=overlays,
+                                 fmt=fmt, force=force, progress=bar)
+        s = folder.report.summary
+        plots = sum(f.startswith("plots/") for f in folder.files)
+        typer.echo(f"wrote {folder.index} (and report.md, report.json, {plots} plots): "
+                   f"{s.blocks} blocks, {s.ok} ok, {s.warn} warn, {s.fail} fail -> "
+                   f"{s.status.upper()}")
+
+    _guard(debug, body)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

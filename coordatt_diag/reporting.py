@@ -1,0 +1,124 @@
+"""The library behind `coordatt-diag report`: analyse a checkpoint (or read a saved report), then
+write the report folder (`coordatt_diag.reports.folder`).
+
+Example:
+    >>> from coordatt_diag.analysis import InspectOptions
+    >>> from coordatt_diag.reporting import make_report
+    >>> folder = make_report(Path("diag"), Path("best.pt"), InspectOptions(trust=True))
+    >>> folder.index  # diag/index.html
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from coordatt_diag.errors import InputError, UsageError
+
+if TYPE_CHECKING:
+    from coordatt_diag.analysis import InspectOptions, Progress
+    from coordatt_diag.reports.folder import ReportFolder
+    from coordatt_diag.results import Report
+
+FROM_JSON_NOTE = ("Overlays are not available with --from-json: a report JSON holds statistics, "
+                  "not masks or images. Run `coordatt-diag report` on the checkpoint for them.")
+
+
+def read_saved_report(path: Path) -> Report:
+    """The report in a JSON file written by `inspect --json` (or a report folder's report.json).
+
+    Raises:
+        InputError: the file is missing or is not a coordatt-diag report.
+    """
+    from coordatt_diag.results import Report
+
+    if not path.is_file():
+        raise InputError(f"--from-json {path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        return Report.from_dict(data)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise InputError(f"--from-json {path} is not a coordatt-diag report JSON ({first}); "
+                         "write one with `coordatt-diag inspect ... --json FILE`") from exc
+
+
+def select_blocks(report: Report, pattern: str) -> Report:
+    """The report restricted to the blocks whose name matches `pattern` (`re.search`).
+
+    Raises:
+        UsageError: the pattern is invalid or matches no block.
+    """
+    from coordatt_diag.health import summarize
+
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise UsageError(f"--blocks {pattern!r} is not a valid regular expression: {exc}") from exc
+    blocks = [b for b in report.blocks if regex.search(b.name)]
+    if not blocks:
+        raise UsageError(f"--blocks {pattern!r} matches none of the {len(report.blocks)} blocks "
+                         "in the report")
+    return dataclasses.replace(report, blocks=blocks,
+                               summary=summarize(blocks, list(report.findings)))
+
+
+def make_report(
+    out: Path,
+    checkpoint: Path | None = None,
+    options: InspectOptions | None = None,
+    *,
+    from_json: Path | None = None,
+    overlays: int = 4,
+    fmt: str = "png",
+    force: bool = False,
+    progress: Progress | None = None,
+) -> ReportFolder:
+    """Analyse `checkpoint` as `inspect` does (or read `from_json`) and write the report folder.
+
+    Args:
+        out: the folder to write (index.html, report.md, report.json, plots/).
+        checkpoint: the checkpoint to analyse (exactly one of `checkpoint` and `from_json`).
+        options: the `inspect` options; with `from_json` only `blocks` is used.
+        from_json: a report JSON written by `inspect --json`, rendered as it is.
+        overlays: number of sample images with mask overlays (0: none; none with `from_json`).
+        fmt: figure format, "png" or "svg".
+        force: replace `out` even if it holds something other than a previous report.
+        progress: called with the number of batches done.
+
+    Returns:
+        The written folder.
+
+    Raises:
+        UsageError: bad options or `out` (checked before the model runs).
+        DiagError: the errors of `inspect` (checkpoint, inputs, no blocks).
+    """
+    from coordatt_diag.analysis import InspectOptions
+    from coordatt_diag.overlays import inspect_with_overlays
+    from coordatt_diag.reports.folder import check_out_dir, write_report_folder
+    from coordatt_diag.reports.plots import FORMATS
+
+    if (checkpoint is None) == (from_json is None):
+        raise UsageError("name a checkpoint or --from-json FILE (one of them)")
+    if overlays < 0:
+        raise UsageError("--overlays must be 0 or more")
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    opts = options or InspectOptions()
+    check_out_dir(out, force)  # before a long run, not after it
+    if from_json is not None:
+        if dataclasses.replace(opts, blocks=None) != InspectOptions():
+            raise UsageError("--from-json renders a saved report: the model and input options "
+                             "(--trust, --model, --images, ...) do not apply; --blocks does")
+        report = read_saved_report(from_json)
+        if opts.blocks is not None:
+            report = select_blocks(report, opts.blocks)
+        return write_report_folder(report, out, None, fmt=fmt, force=force,
+                                   no_overlays_reason=FROM_JSON_NOTE)
+    assert checkpoint is not None
+    report, shown = inspect_with_overlays(checkpoint, opts, overlays, progress)
+    return write_report_folder(report, out, shown, fmt=fmt, force=force)

@@ -1,0 +1,158 @@
+"""The report folder (`coordatt-diag report --out DIR`), written all at once or not at all.
+
+    DIR/index.html    one self-contained page (figures embedded)
+    DIR/report.md     the same as GitHub-flavoured Markdown, figures linked from plots/
+    DIR/report.json   the inspect report (`coordatt_diag/schema/report.schema.json`)
+    DIR/plots/        the figures (PNG or SVG)
+
+Everything is rendered into a temporary folder beside DIR and renamed to DIR at the end, so a
+failed run leaves no partial folder and a reader never sees half a report. An existing DIR is
+replaced only when it holds a previous report (nothing but the files above) or when `force` is
+set.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from coordatt_diag.errors import UsageError
+from coordatt_diag.overlays import Overlays
+from coordatt_diag.results import Report
+
+#: What a report folder holds; a folder with nothing else is a previous report.
+REPORT_ENTRIES = frozenset({"index.html", "report.md", "report.json", "plots"})
+
+
+@dataclass(frozen=True)
+class ReportFolder:
+    """A written report folder.
+
+    Attributes:
+        path: the folder.
+        files: the files written, relative to `path`, sorted.
+        report: the report it shows.
+    """
+
+    path: Path
+    files: list[str]
+    report: Report
+
+    @property
+    def index(self) -> Path:
+        """The HTML page."""
+        return self.path / "index.html"
+
+
+def is_previous_report(path: Path) -> bool:
+    """Whether `path` is a folder holding only what a report folder holds."""
+    entries = {p.name for p in path.iterdir()}
+    return "index.html" in entries and entries <= REPORT_ENTRIES
+
+
+def check_out_dir(out: Path, force: bool = False) -> None:
+    """Refuse an `--out` folder that cannot be written or would destroy something.
+
+    Raises:
+        UsageError: `out` is a file, the current folder or one of its parents, or a non-empty
+            folder that is not a previous report (unless `force`).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; name a folder")
+    resolved = out.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents or resolved == Path.home().resolve():
+        raise UsageError(f"--out {out} is the current folder, one of its parents or your home "
+                         "folder; name a new folder such as diag/")
+    if out.is_dir() and any(out.iterdir()) and not is_previous_report(out) and not force:
+        raise UsageError(f"--out {out} is not empty and does not hold a previous report; name "
+                         "another folder or pass --force to replace it")
+
+
+def overlay_note(overlays: Overlays | None, reason: str | None = None) -> str:
+    """The line under the overlays heading: what they show, or why there are none."""
+    if overlays is not None and overlays.blocks:
+        return (f"{len(overlays.images)} samples ({overlays.display}) with each block's map laid "
+                "over them: a_h ⊗ a_w averaged over channels for coordinate attention, the "
+                "channel mean of a_hw, the spatial map for CBAM. The colours of a block span "
+                "its own range (dark: low, yellow: high; at least 0.06 wide, so that a flat map "
+                "stays flat). Channel-only blocks (SE) have no map.")
+    if overlays is not None:
+        return "No overlays: no block has a positional mask (channel attention only)."
+    return reason or "Overlays are off (--overlays 0)."
+
+
+def write_report_folder(
+    report: Report,
+    out: Path,
+    overlays: Overlays | None = None,
+    *,
+    fmt: str = "png",
+    force: bool = False,
+    no_overlays_reason: str | None = None,
+) -> ReportFolder:
+    """Render the report into `out` (index.html, report.md, report.json, plots/).
+
+    Args:
+        report: the frozen report.
+        out: the folder to write.
+        overlays: the overlay data of the run (None: no overlays).
+        fmt: figure format, "png" or "svg".
+        force: replace `out` even when it holds something other than a previous report.
+        no_overlays_reason: the line the pages show when `overlays` is None.
+
+    Returns:
+        The written folder.
+
+    Raises:
+        UsageError: a bad format or `out` (see `check_out_dir`).
+    """
+    from coordatt_diag.reports.html_report import render_html
+    from coordatt_diag.reports.json_report import report_json
+    from coordatt_diag.reports.markdown_report import render_markdown
+    from coordatt_diag.reports.plots import FORMATS, render_plots
+
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    out = Path(out)
+    check_out_dir(out, force)
+    parent = out.parent if str(out.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+    try:
+        plots = render_plots(report, overlays, fmt)
+        note = overlay_note(overlays, no_overlays_reason)
+        (tmp / "plots").mkdir()
+        files = ["index.html", "report.md", "report.json"]
+        for plot in plots.all():
+            (tmp / "plots" / plot.file).write_bytes(plot.data)
+            files.append(f"plots/{plot.file}")
+        (tmp / "report.json").write_text(report_json(report), encoding="utf-8")
+        (tmp / "report.md").write_text(render_markdown(report, plots, note), encoding="utf-8")
+        (tmp / "index.html").write_text(render_html(report, plots, note), encoding="utf-8")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a report is for sharing
+        _swap(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ReportFolder(path=out, files=sorted(files), report=report)
+
+
+def _swap(tmp: Path, out: Path) -> None:
+    """Put the finished folder `tmp` at `out`, replacing what is there."""
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=tmp.parent))
+    old.rmdir()
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)  # put the previous report back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
