@@ -469,6 +469,10 @@ def test_overlays_show_the_first_samples_of_the_run(inputs: dict[str, Path]) -> 
         np.testing.assert_allclose(shown, decode_image(path, 3, 32, "unit").transpose(1, 2, 0),
                                    atol=1e-6)
     assert report.inputs.samples == 5  # the statistics still saw every sample
+    # the run is exactly inspect's (inspect_with_overlays repeats its steps)
+    from coordatt_diag.analysis import inspect_checkpoint
+
+    assert report.to_dict() == inspect_checkpoint(inputs["model"], opts).to_dict()
     for ov in overlays.blocks.values():
         assert len(ov.maps) == 3
 
