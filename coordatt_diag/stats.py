@@ -109,10 +109,10 @@ class MaskAccumulator:
         mean = row_mean64.mean()
         between = ((row_mean64 - mean) ** 2).sum() * length
         if length > 1:
-            d = rows - row_mean.unsqueeze(1)
-            row_ss = (d * d).sum(dim=1)
-            acc.m2 = row_ss.sum().to(_F64) + between
-            acc.pos_sum = (row_ss / length).sqrt().sum().to(_F64)
+            # one pass: the norm of each row's deviations is sqrt(length) times its std
+            row_norm = torch.linalg.vector_norm(rows - row_mean.unsqueeze(1), dim=1).to(_F64)
+            acc.m2 = (row_norm * row_norm).sum() + between
+            acc.pos_sum = row_norm.sum() / math.sqrt(length)
             acc.pos_rows = torch.tensor(b * c, dtype=torch.int64, device=dev)
         else:
             acc.m2 = between
@@ -124,8 +124,10 @@ class MaskAccumulator:
         if lo_v >= 0.0 and hi_v <= 1.0:
             # bin k holds [k/64, (k+1)/64), 1.0 the last: x * 64 is exact in binary floating point,
             # so this equals torch.histc over [0, 1] at a tenth of its cost
-            idx = (flat * HIST_BINS).to(torch.int32).clamp_(max=HIST_BINS - 1)
-            acc.hist = torch.bincount(idx, minlength=HIST_BINS)
+            idx = (flat * HIST_BINS).to(torch.int32)
+            counts = torch.bincount(idx, minlength=HIST_BINS + 1)
+            counts[HIST_BINS - 1:HIST_BINS] += counts[HIST_BINS:]  # exact ones: the last bin
+            acc.hist = counts[:HIST_BINS]
         else:
             acc.hist = torch.histc(flat.float(), bins=HIST_BINS, min=0.0, max=1.0).to(torch.int64)
         # the range (already on the host) says which tails can hold values at all; a healthy
