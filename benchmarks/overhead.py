@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from coordatt_diag.analysis import RunState
-from coordatt_diag.capture import MaskCapture, discover_blocks
+from coordatt_diag.capture import discover_blocks
 
 
 class HSwish(nn.Module):
@@ -136,7 +136,7 @@ def main() -> None:
             sync()
             plain.append(time.perf_counter() - t0)
             plain_cpu.append(time.process_time() - c0)
-            with MaskCapture(model, specs, state.on_block):
+            with state.capture(model):
                 sync()
                 t0, c0 = time.perf_counter(), time.process_time()
                 model(x)
@@ -152,7 +152,7 @@ def main() -> None:
 
         state = RunState(blocks=specs)
         gc.collect()
-        with MaskCapture(model, specs, state.on_block):
+        with state.capture(model):
             for i in range(50):
                 model(x)
                 if i == 4:

@@ -33,7 +33,7 @@ from coordatt_diag.results import (
     InputsInfo,
     Report,
 )
-from coordatt_diag.stats import BlockAccumulator
+from coordatt_diag.stats import BlockAccumulator, sample_moments
 from coordatt_diag.thresholds import ThresholdConfig
 
 Progress = Callable[[int], None]
@@ -48,9 +48,17 @@ class RunState:
     blocks: list[BlockSpec]
     acc: dict[str, BlockAccumulator] = field(default_factory=dict)
 
+    def on_enter(self, spec: BlockSpec, x: torch.Tensor) -> torch.Tensor:
+        """The input's moments for the std ratio, taken before the block can change x."""
+        return sample_moments(x)
+
     def on_block(self, call: BlockCall) -> None:
         self.acc.setdefault(call.spec.name, BlockAccumulator.empty()).update(
-            call.x, call.out, call.masks)
+            call.x, call.out, call.masks, x_moments=call.entered)
+
+    def capture(self, model: nn.Module, **kwargs: Any) -> MaskCapture:
+        """A `MaskCapture` that feeds this run's accumulators."""
+        return MaskCapture(model, self.blocks, self.on_block, on_enter=self.on_enter, **kwargs)
 
 
 @contextlib.contextmanager
@@ -195,7 +203,7 @@ def run_batches(
     probe = first[:2] if first.shape[0] >= 2 else first.repeat(2, *([1] * (first.dim() - 1)))
     specs = find_blocks(model, probe, blocks_pattern)
     state = RunState(blocks=specs)
-    with torch.inference_mode(), MaskCapture(model, specs, state.on_block):
+    with torch.inference_mode(), state.capture(model):
         done = 0
         batch: torch.Tensor | None = first
         while batch is not None:

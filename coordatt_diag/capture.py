@@ -99,6 +99,7 @@ class _Frame:
     ordinals: dict[int, int] = field(default_factory=dict)  # gate index -> n-th gate of this call
     n_gates: int = 0
     blended: bool = False
+    entered: Any = None  # what MaskCapture's on_enter returned for this call
     # gates are shared by all frames of one forward pass (a gate belongs to every enclosing call)
 
     def tag(self, t: torch.Tensor) -> _Tag | None:
@@ -648,15 +649,17 @@ class BlockCall:
 
     Attributes:
         spec: the block.
-        x: its input.
+        x: its input (as it is after the block ran: a block may change it in place).
         out: its output (first tensor of a tuple output).
         masks: mask name -> mask in canonical layout (see `canonical`).
+        entered: what `on_enter` returned for this call, taken before the block ran.
     """
 
     spec: BlockSpec
     x: torch.Tensor
     out: torch.Tensor | None
     masks: dict[str, torch.Tensor]
+    entered: Any = None
 
 
 class MaskCapture:
@@ -680,10 +683,12 @@ class MaskCapture:
         on_block: Callable[[BlockCall], None],
         eval_mode: bool = True,
         replace: Replace | None = None,
+        on_enter: Callable[[BlockSpec, torch.Tensor], Any] | None = None,
     ) -> None:
         self.model = model
         self.blocks = blocks
         self.on_block = on_block
+        self.on_enter = on_enter
         self.eval_mode = eval_mode
         self._handles: list[Any] = []
         self._training: dict[nn.Module, bool] = {}
@@ -732,6 +737,8 @@ class MaskCapture:
             frame = _Frame(spec.name, module, x)
             if x is not None:
                 frame.set(x, _Tag(x=True, pointwise=True))
+                if self.on_enter is not None and x.dim() == 4:
+                    frame.entered = self.on_enter(spec, x)
             self._tracer.frames.append(frame)
             if not self._active:
                 self._tracer.__enter__()
@@ -790,4 +797,4 @@ class MaskCapture:
         if set(masks) != set(spec.masks):
             self.missing.append(spec.name)
         out = _first_tensor((output,))
-        self.on_block(BlockCall(spec=spec, x=x, out=out, masks=masks))
+        self.on_block(BlockCall(spec=spec, x=x, out=out, masks=masks, entered=frame.entered))

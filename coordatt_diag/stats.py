@@ -1,11 +1,13 @@
 """Streaming statistics of masks and std ratios.
 
 Each batch is reduced, on the model's device and without Python loops over values, to a few
-numbers per mask, and folded into an accumulator; masks are never kept, so memory does not grow
-with the number of batches, and nothing is copied to the host until `finalize()`. Accumulators
-merge (`merge`), so two halves of a run give the same result as the whole run, to float
-tolerance: the mean and variance are combined with Chan et al.'s parallel formula, counts and
-sums add, minima and maxima combine.
+numbers per mask (a `_Part`); masks are never kept. Parts are folded together every
+`FOLD_EVERY` batches (one set of small stacked operations instead of one per batch: on a CPU the
+cost of a statistic is mostly the number of tensor operations), so memory stays bounded whatever
+the number of batches, and nothing is copied to the host but one small range check per batch
+until `finalize()`. Accumulators merge (`merge`), so two halves of a run give the same result as
+the whole run, to float tolerance: means and variances are combined with Chan et al.'s parallel
+formula, counts and sums add, minima and maxima combine.
 
 Definitions (the README's "Statistics" section repeats them):
 
@@ -33,8 +35,147 @@ from coordatt_diag.results import AxisProfile, MaskStats, StdRatio
 HIST_BINS = 64
 SAT_LOW = 0.01
 SAT_HIGH = 0.99
+FOLD_EVERY = 32
 
 _F64 = torch.float64
+
+
+@dataclass
+class _Part:
+    """One batch of one mask, or many folded together: what a merge needs.
+
+    `scal` holds [mean, m2 (sum of squared deviations), min, max, pos_sum (sum over rows of the
+    per-row positional std)]; `counts` holds [<= 0.01, >= 0.99, exactly 0 or 1, non-finite].
+    """
+
+    n: int
+    scal: torch.Tensor
+    counts: torch.Tensor
+    hist: torch.Tensor
+    pos_rows: int
+    sum_h: torch.Tensor | None  # (C, H): sums over samples and W (taken by the accumulator)
+    sum_w: torch.Tensor | None  # (C, W): sums over samples and H
+    samples: int
+    shape: tuple[int, int, int]
+
+
+def _batch_part(mask: torch.Tensor) -> _Part:
+    m = mask.detach()
+    if m.dtype not in (torch.float32, _F64):
+        m = m.float()
+    b, c, h, w = m.shape
+    length = h * w
+    # A row is one sample and channel along the mask's positions. The row means give the total;
+    # the norms of the deviations from them give the positional std and, with the spread of the
+    # row means (law of total variance), the variance: fewer passes than separate reductions.
+    rows = m.reshape(b * c, length)
+    row_mean = rows.mean(dim=1)
+    lo, hi = torch.aminmax(m)
+    total, lo_v, hi_v = torch.stack([row_mean.sum(), lo, hi]).tolist()  # the one host transfer
+    if not math.isfinite(total):
+        return _masked_part(m)
+    mean = row_mean.mean()
+    dev = row_mean - mean
+    m2 = (dev * dev).sum() * length
+    if length > 1:
+        norms = torch.linalg.vector_norm(rows - row_mean.unsqueeze(1), dim=1)
+        m2 = m2 + (norms * norms).sum()
+        pos_sum = norms.sum() / math.sqrt(length)
+    else:
+        pos_sum = torch.zeros((), dtype=m.dtype, device=m.device)
+    flat = m.reshape(-1)
+    if lo_v >= 0.0 and hi_v <= 1.0:
+        # bin k holds [k/64, (k+1)/64) and 1.0 joins the last, as in torch.histc over [0, 1]:
+        # x * 64 is exact in binary floating point, and this costs a tenth of histc
+        counts64 = torch.bincount((flat * HIST_BINS).to(torch.int32), minlength=HIST_BINS + 1)
+        counts64[HIST_BINS - 1:HIST_BINS] += counts64[HIST_BINS:]
+        hist = counts64[:HIST_BINS]
+    else:
+        hist = torch.histc(flat, bins=HIST_BINS, min=0.0, max=1.0).to(torch.int64)
+    # the range, already on the host, says which tails can hold values at all: a healthy mask
+    # skips every comparison
+    if lo_v <= SAT_LOW or hi_v >= SAT_HIGH:
+        zero = torch.zeros((), dtype=torch.int64, device=m.device)
+        counts = torch.stack([
+            (flat <= SAT_LOW).sum() if lo_v <= SAT_LOW else zero,
+            (flat >= SAT_HIGH).sum() if hi_v >= SAT_HIGH else zero,
+            ((flat == 0).sum() if lo_v <= 0.0 else zero) + ((flat == 1).sum() if hi_v >= 1.0
+                                                             else zero),
+            zero,
+        ])
+    else:
+        counts = torch.zeros(4, dtype=torch.int64, device=m.device)
+    sum_h = m.sum(dim=(0, 3))
+    sum_w = sum_h.sum(dim=1, keepdim=True) if w == 1 else m.sum(dim=(0, 2))
+    return _Part(
+        n=m.numel(), scal=torch.stack([mean, m2, lo, hi, pos_sum]), counts=counts, hist=hist,
+        pos_rows=b * c if length > 1 else 0, sum_h=sum_h, sum_w=sum_w, samples=b,
+        shape=(c, h, w),
+    )
+
+
+def _masked_part(m: torch.Tensor) -> _Part:
+    """A batch holding NaN or inf: every statistic over the finite values only."""
+    b, c, h, w = m.shape
+    dev_ = m.device
+    zero = torch.zeros((), dtype=m.dtype, device=dev_)
+    finite = torch.isfinite(m)
+    v = torch.where(finite, m, zero)
+    n = int(finite.sum().item())
+    mean = v.sum(dtype=_F64) / max(n, 1)
+    dev = torch.where(finite, m - mean.to(m.dtype), zero)
+    m2 = (dev * dev).sum(dtype=_F64)
+    inf = torch.tensor(math.inf, dtype=m.dtype, device=dev_)
+    lo = torch.where(finite, m, inf).amin().to(_F64)
+    hi = torch.where(finite, m, -inf).amax().to(_F64)
+    pos_sum = torch.zeros((), dtype=_F64, device=dev_)
+    pos_rows = 0
+    if h * w > 1:
+        # rows holding a non-finite value are left out of the positional std
+        row_ok = finite.reshape(b * c, h * w).all(dim=1)
+        row_std = v.reshape(b * c, h * w).std(dim=1, correction=0)
+        pos_sum = torch.where(row_ok, row_std, torch.zeros_like(row_std)).sum(dtype=_F64)
+        pos_rows = int(row_ok.sum().item())
+    counts = torch.stack([
+        ((m <= SAT_LOW) & finite).sum(), ((m >= SAT_HIGH) & finite).sum(),
+        ((m == 0) | (m == 1)).sum(), (~finite).sum(),
+    ])
+    return _Part(
+        n=n, scal=torch.stack([mean, m2, lo, hi, pos_sum]),
+        counts=counts, hist=torch.histc(m, bins=HIST_BINS, min=0.0, max=1.0).to(torch.int64),
+        pos_rows=pos_rows, sum_h=v.sum(dim=(0, 3), dtype=_F64), sum_w=v.sum(dim=(0, 2), dtype=_F64),
+        samples=b, shape=(c, h, w),
+    )
+
+
+def _combine(parts: list[_Part]) -> _Part:
+    """Fold parts into one (Chan et al.'s parallel mean and variance)."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    dev = first.scal.device
+    scal = torch.stack([p.scal.to(device=dev, dtype=_F64) for p in parts])
+    ns = torch.tensor([p.n for p in parts], dtype=_F64, device=dev)
+    total = sum(p.n for p in parts)
+    mean = (ns * scal[:, 0]).sum() / max(total, 1)
+    spread = scal[:, 0] - mean
+    m2 = scal[:, 1].sum() + (ns * spread * spread).sum()
+    # a part without finite values has no min/max: leave it out
+    has = ns > 0
+    inf = torch.tensor(math.inf, dtype=_F64, device=dev)
+    lo = torch.where(has, scal[:, 2], inf).min()
+    hi = torch.where(has, scal[:, 3], -inf).max()
+    return _Part(
+        n=total,
+        scal=torch.stack([mean, m2, lo, hi, scal[:, 4].sum()]),
+        counts=torch.stack([p.counts.to(dev) for p in parts]).sum(dim=0),
+        hist=torch.stack([p.hist.to(dev) for p in parts]).sum(dim=0),
+        pos_rows=sum(p.pos_rows for p in parts),
+        sum_h=None,
+        sum_w=None,
+        samples=sum(p.samples for p in parts),
+        shape=first.shape,
+    )
 
 
 class MaskAccumulator:
@@ -47,211 +188,93 @@ class MaskAccumulator:
     """
 
     def __init__(self) -> None:
-        self.n: torch.Tensor | None = None  # finite values (int64)
-        self.mean: torch.Tensor | None = None  # float64
-        self.m2: torch.Tensor | None = None  # sum of squared deviations, float64
-        self.min: torch.Tensor | None = None
-        self.max: torch.Tensor | None = None
-        self.hist: torch.Tensor | None = None  # int64 (HIST_BINS,)
-        self.low: torch.Tensor | None = None
-        self.high: torch.Tensor | None = None
-        self.exact: torch.Tensor | None = None
-        self.nonfinite: torch.Tensor | None = None
-        self.pos_sum: torch.Tensor | None = None  # sum over rows of per-row std
-        self.pos_rows: torch.Tensor | None = None
-        self.sum_h: torch.Tensor | None = None  # (C, H) sums over samples and W
-        self.sum_w: torch.Tensor | None = None  # (C, W) sums over samples and H
-        self.samples = 0
-        self.shape: tuple[int, int, int] | None = None
+        self._folded: _Part | None = None
+        self._pending: list[_Part] = []
+        # the (C, H) and (C, W) sums are added up at once, so pending parts stay a few numbers
+        self._sum_h: torch.Tensor | None = None
+        self._sum_w: torch.Tensor | None = None
         self.shape_varied = False
 
     def update(self, mask: torch.Tensor) -> None:
         """Fold one batch of this mask, (B, C, H, W), into the statistics."""
-        self.merge(MaskAccumulator.of_batch(mask))
+        self._add(_batch_part(mask))
 
-    @classmethod
-    def of_batch(cls, mask: torch.Tensor) -> MaskAccumulator:
-        """The statistics of one batch of a mask, (B, C, H, W).
+    def _add(self, part: _Part) -> None:
+        reference = self._folded or (self._pending[0] if self._pending else None)
+        if reference is None:
+            if part.sum_h is not None and part.sum_w is not None:
+                # copies: they are added to in place
+                self._sum_h = part.sum_h.to(_F64, copy=True)
+                self._sum_w = part.sum_w.to(_F64, copy=True)
+        elif part.shape != reference.shape or part.sum_h is None or part.sum_w is None:
+            self.shape_varied = True
+        if not self.shape_varied and reference is not None and self._sum_h is not None:
+            self._sum_h.add_(part.sum_h)  # type: ignore[arg-type]
+            self._sum_w.add_(part.sum_w)  # type: ignore[union-attr,arg-type]
+        part.sum_h = part.sum_w = None
+        self._pending.append(part)
+        if len(self._pending) >= FOLD_EVERY:
+            self._fold()
 
-        One host transfer per batch decides the path: when the sum is finite every value is,
-        and no value needs masking out; otherwise non-finite values are masked value by value.
-        """
-        m = mask.detach()
-        if m.dtype not in (torch.float32, _F64):
-            m = m.float()
-        b, c, h, w = m.shape
-        # Per-row means (a row: one sample and channel along the mask's positions) give the total,
-        # and the deviations from them give both the positional std and, by the law of total
-        # variance, the whole mask's variance: fewer passes over the mask than separate reductions.
-        rows = m.reshape(b * c, h * w)
-        row_mean = rows.mean(dim=1)
-        lo, hi = torch.aminmax(m)
-        total_v, lo_v, hi_v = torch.stack([row_mean.sum(), lo, hi]).tolist()
-        if math.isfinite(total_v):
-            acc = cls._finite_batch(m, rows, row_mean, lo, hi, lo_v, hi_v)
-        else:
-            acc = cls._masked_batch(m)
-        acc.samples, acc.shape = b, (c, h, w)
-        return acc
-
-    @classmethod
-    def _finite_batch(cls, m: torch.Tensor, rows: torch.Tensor, row_mean: torch.Tensor,
-                      lo: torch.Tensor, hi: torch.Tensor, lo_v: float,
-                      hi_v: float) -> MaskAccumulator:
-        b, c, h, w = m.shape
-        n = m.numel()
-        length = h * w
-        dev = m.device
-        zero = torch.zeros((), dtype=torch.int64, device=dev)
-        acc = cls()
-        acc.n = torch.tensor(n, dtype=torch.int64, device=dev)
-        row_mean64 = row_mean.to(_F64)
-        mean = row_mean64.mean()
-        between = ((row_mean64 - mean) ** 2).sum() * length
-        if length > 1:
-            # one pass: the norm of each row's deviations is sqrt(length) times its std
-            row_norm = torch.linalg.vector_norm(rows - row_mean.unsqueeze(1), dim=1).to(_F64)
-            acc.m2 = (row_norm * row_norm).sum() + between
-            acc.pos_sum = row_norm.sum() / math.sqrt(length)
-            acc.pos_rows = torch.tensor(b * c, dtype=torch.int64, device=dev)
-        else:
-            acc.m2 = between
-            acc.pos_sum = torch.zeros((), dtype=_F64, device=dev)
-            acc.pos_rows = zero
-        acc.mean = mean
-        acc.min, acc.max = lo.to(_F64), hi.to(_F64)
-        flat = m.reshape(-1)
-        if lo_v >= 0.0 and hi_v <= 1.0:
-            # bin k holds [k/64, (k+1)/64), 1.0 the last: x * 64 is exact in binary floating point,
-            # so this equals torch.histc over [0, 1] at a tenth of its cost
-            idx = (flat * HIST_BINS).to(torch.int32)
-            counts = torch.bincount(idx, minlength=HIST_BINS + 1)
-            counts[HIST_BINS - 1:HIST_BINS] += counts[HIST_BINS:]  # exact ones: the last bin
-            acc.hist = counts[:HIST_BINS]
-        else:
-            acc.hist = torch.histc(flat.float(), bins=HIST_BINS, min=0.0, max=1.0).to(torch.int64)
-        # the range (already on the host) says which tails can hold values at all; a healthy
-        # mask skips all four comparisons
-        acc.low = (flat <= SAT_LOW).sum() if lo_v <= SAT_LOW else zero
-        acc.high = (flat >= SAT_HIGH).sum() if hi_v >= SAT_HIGH else zero
-        exact = zero
-        if lo_v <= 0.0:
-            exact = exact + (flat == 0).sum()
-        if hi_v >= 1.0:
-            exact = exact + (flat == 1).sum()
-        acc.exact = exact
-        acc.nonfinite = zero
-        acc.sum_h = m.sum(dim=(0, 3)).to(_F64)
-        acc.sum_w = acc.sum_h.sum(dim=1, keepdim=True) if w == 1 else m.sum(dim=(0, 2)).to(_F64)
-        return acc
-
-    @classmethod
-    def _masked_batch(cls, m: torch.Tensor) -> MaskAccumulator:
-        b, c, h, w = m.shape
-        zero = torch.zeros((), dtype=m.dtype, device=m.device)
-        finite = torch.isfinite(m)
-        v = torch.where(finite, m, zero)
-        acc = cls()
-        acc.n = finite.sum()
-        acc.mean = v.sum(dtype=_F64) / acc.n.to(_F64).clamp(min=1)
-        dev = torch.where(finite, m - acc.mean.to(m.dtype), zero)
-        acc.m2 = (dev * dev).sum(dtype=_F64)
-        inf = torch.tensor(math.inf, dtype=m.dtype, device=m.device)
-        acc.min = torch.where(finite, m, inf).amin().to(_F64)
-        acc.max = torch.where(finite, m, -inf).amax().to(_F64)
-        acc.hist = torch.histc(m.float(), bins=HIST_BINS, min=0.0, max=1.0).to(torch.int64)
-        acc.low = ((m <= SAT_LOW) & finite).sum()
-        acc.high = ((m >= SAT_HIGH) & finite).sum()
-        acc.exact = ((m == 0) | (m == 1)).sum()
-        acc.nonfinite = m.numel() - acc.n
-        if h * w > 1:
-            # rows holding a non-finite value are left out of the positional std
-            row_ok = finite.reshape(b * c, h * w).all(dim=1)
-            row_std = v.reshape(b * c, h * w).std(dim=1, correction=0)
-            acc.pos_sum = torch.where(row_ok, row_std, torch.zeros_like(row_std)).sum(dtype=_F64)
-            acc.pos_rows = row_ok.sum()
-        else:
-            acc.pos_sum = torch.zeros((), dtype=_F64, device=m.device)
-            acc.pos_rows = torch.zeros((), dtype=torch.int64, device=m.device)
-        acc.sum_h = v.sum(dim=(0, 3), dtype=_F64)
-        acc.sum_w = v.sum(dim=(0, 2), dtype=_F64)
-        return acc
+    def _fold(self) -> _Part | None:
+        parts = ([self._folded] if self._folded is not None else []) + self._pending
+        self._pending = []
+        self._folded = _combine(parts) if parts else None
+        return self._folded
 
     def merge(self, other: MaskAccumulator) -> None:
         """Combine `other` (the statistics of other batches) into this accumulator."""
-        if other.n is None:
+        part = other._fold()
+        if part is None:
             return
-        if self.n is None:
-            self.__dict__.update({k: v for k, v in other.__dict__.items()})
-            return
-        assert self.mean is not None and self.m2 is not None and other.mean is not None
-        assert other.m2 is not None
-        n_a = self.n.to(_F64)
-        n_b = other.n.to(_F64).to(n_a.device)
-        n = (n_a + n_b).clamp(min=1)
-        delta = other.mean.to(n_a.device) - self.mean
-        self.mean = self.mean + delta * n_b / n
-        self.m2 = self.m2 + other.m2.to(n_a.device) + delta * delta * n_a * n_b / n
-        self.n = self.n + other.n.to(self.n.device)
-        assert self.min is not None and self.max is not None
-        assert other.min is not None and other.max is not None
-        self.min = torch.minimum(self.min, other.min.to(n_a.device))
-        self.max = torch.maximum(self.max, other.max.to(n_a.device))
-        for attr in ("hist", "low", "high", "exact", "nonfinite", "pos_sum", "pos_rows"):
-            setattr(self, attr, getattr(self, attr) + getattr(other, attr).to(n_a.device))
-        if self.shape == other.shape and not (self.shape_varied or other.shape_varied):
-            self.sum_h = self.sum_h + other.sum_h.to(n_a.device)  # type: ignore[operator,union-attr]
-            self.sum_w = self.sum_w + other.sum_w.to(n_a.device)  # type: ignore[operator,union-attr]
-        else:
-            self.shape_varied = True
-            self.sum_h = self.sum_h if self.shape == other.shape else None
-            self.sum_w = self.sum_w if self.shape == other.shape else None
-        self.samples += other.samples
+        self.shape_varied = self.shape_varied or other.shape_varied or other._sum_h is None
+        part.sum_h, part.sum_w = other._sum_h, other._sum_w
+        self._add(part)
+        self._fold()
 
     def state(self) -> dict[str, torch.Tensor]:
-        """The accumulator as named tensors (for collectives across processes)."""
-        if self.n is None:
+        """The accumulator as named tensors, e.g. for collectives across processes."""
+        part = self._fold()
+        if part is None:
             raise ValueError("empty accumulator")
-        return {k: v for k, v in self.__dict__.items() if isinstance(v, torch.Tensor)}
+        return {"scal": part.scal, "counts": part.counts, "hist": part.hist,
+                **({"sum_h": self._sum_h} if self._sum_h is not None else {}),
+                **({"sum_w": self._sum_w} if self._sum_w is not None else {})}
 
     def finalize(self) -> MaskStats:
-        """Move the statistics to the host (one transfer) and freeze them."""
-        if self.n is None:
+        """Move the statistics to the host (one transfer per tensor) and freeze them."""
+        part = self._fold()
+        if part is None:
             raise ValueError("no batch was seen")
-        assert self.shape is not None
-        n = int(self.n.item())
-        nonfinite = int(self.nonfinite.item())  # type: ignore[union-attr]
+        mean, m2, lo, hi, pos_sum = part.scal.tolist()
+        low, high, exact, nonfinite = part.counts.tolist()
+        n = part.n
         total = max(n, 1)
-        c, h, w = self.shape
-        pos_rows = int(self.pos_rows.item())  # type: ignore[union-attr]
-        pos_std = (float(self.pos_sum.item()) / pos_rows  # type: ignore[union-attr]
-                   if h * w > 1 and pos_rows > 0 else None)
+        c, h, w = part.shape
         chan_std = None
         prof_h = prof_w = None
-        if self.sum_h is not None and self.sum_w is not None and not self.shape_varied:
-            per_ch_h = self.sum_h / (self.samples * w)  # (C, H) mean per channel and row
-            per_ch_w = self.sum_w / (self.samples * h)
-            chan_mean = per_ch_h.mean(dim=1)
+        if self._sum_h is not None and self._sum_w is not None and not self.shape_varied:
+            per_ch_h = self._sum_h / (part.samples * w)  # (C, H) mean per channel and row
+            per_ch_w = self._sum_w / (part.samples * h)
             if c > 1:
-                chan_std = float(chan_mean.std(correction=0).item())
+                chan_std = float(per_ch_h.mean(dim=1).std(correction=0).item())
             if h > 1:
                 prof_h = _profile(per_ch_h)
             if w > 1:
                 prof_w = _profile(per_ch_w)
-        std = math.sqrt(float(self.m2.item()) / (n - 1)) if n > 1 else None  # type: ignore[union-attr]
         return MaskStats(
             count=n,
-            min=float(self.min.item()) if n else None,  # type: ignore[union-attr]
-            max=float(self.max.item()) if n else None,  # type: ignore[union-attr]
-            mean=float(self.mean.item()) if n else None,  # type: ignore[union-attr]
-            std=std,
-            sat_low=int(self.low.item()) / total,  # type: ignore[union-attr]
-            sat_high=int(self.high.item()) / total,  # type: ignore[union-attr]
-            exact01=int(self.exact.item()) / total,  # type: ignore[union-attr]
-            nonfinite=nonfinite,
-            pos_std=pos_std,
+            min=lo if n else None,
+            max=hi if n else None,
+            mean=mean if n else None,
+            std=math.sqrt(max(m2, 0.0) / (n - 1)) if n > 1 else None,
+            sat_low=int(low) / total,
+            sat_high=int(high) / total,
+            exact01=int(exact) / total,
+            nonfinite=int(nonfinite),
+            pos_std=pos_sum / part.pos_rows if h * w > 1 and part.pos_rows > 0 else None,
             chan_std=chan_std,
-            hist=[int(x) for x in self.hist.tolist()],  # type: ignore[union-attr]
+            hist=[int(x) for x in part.hist.tolist()],
             shape=[c, h, w],
             profile_h=prof_h,
             profile_w=prof_w,
@@ -265,64 +288,87 @@ def _profile(per_channel: torch.Tensor) -> AxisProfile:
     )
 
 
-def std_per_sample(t: torch.Tensor) -> torch.Tensor:
-    """Population std over C*H*W of each sample, shape (B,), in float64.
+def sample_moments(t: torch.Tensor) -> torch.Tensor:
+    """[sum, L2 norm] over C*H*W of each sample, shape (2, B), float32.
 
-    From one sum and one norm per sample (each a single read of the tensor, where `std` reads
-    it twice); the float64 combination keeps the cancellation harmless for activations.
+    Two single-read reductions (where `std` reads the tensor twice); `std_from_moments` turns
+    them into the population std, in float64, where the cancellation is harmless.
     """
     flat = t.detach().reshape(t.shape[0], -1)
     if flat.dtype not in (torch.float32, _F64):
         flat = flat.float()
-    n = flat.shape[1]
-    # float32 reductions (pairwise) then float64: a float64 reduction is ~25x slower on the CPU
-    mean = flat.sum(dim=1).to(_F64) / n
-    sq = torch.linalg.vector_norm(flat, dim=1).to(_F64) ** 2 / n
-    return (sq - mean * mean).clamp(min=0).sqrt()
+    return torch.stack([flat.sum(dim=1), torch.linalg.vector_norm(flat, dim=1)])
+
+
+def std_from_moments(moments: torch.Tensor, n: int) -> torch.Tensor:
+    """Population std of each sample from `sample_moments`, shape (B,), float64."""
+    m = moments.to(_F64) / n
+    return (m[1] * m[1] * n - m[0] * m[0]).clamp(min=0).sqrt()
+
+
+def std_per_sample(t: torch.Tensor) -> torch.Tensor:
+    """Population std over C*H*W of each sample, shape (B,), in float64."""
+    return std_from_moments(sample_moments(t), t[0].numel())
 
 
 class RatioAccumulator:
     """Running std ratio of a block (sample-weighted mean and minimum over batches)."""
 
     def __init__(self) -> None:
+        self._ratios: list[torch.Tensor] = []  # per batch, folded every FOLD_EVERY batches
+        self._sizes: list[int] = []
         self.weighted: torch.Tensor | None = None
-        self.samples = 0
         self.min: torch.Tensor | None = None
+        self.samples = 0
         self.batches = 0
 
     def update(self, x: torch.Tensor, out: torch.Tensor) -> None:
         """Fold one batch: the seed's r_out_pre = mean_i std(out_i) / mean_i std(x_i)."""
-        if out.shape[0] != x.shape[0]:
+        self.update_moments(sample_moments(x), x[0].numel(), out)
+
+    def update_moments(self, x_moments: torch.Tensor, x_n: int, out: torch.Tensor) -> None:
+        """`update` with the input's moments taken before the block ran (it may change x)."""
+        if out.dim() < 2 or out.shape[0] != x_moments.shape[1]:
             return
-        r = (std_per_sample(out).mean() / std_per_sample(x).mean().clamp(min=1e-12)).double()
-        b = int(x.shape[0])
-        other = RatioAccumulator()
-        other.weighted, other.samples, other.min, other.batches = r * b, b, r, 1
-        self.merge(other)
+        x_std = std_from_moments(x_moments, x_n).mean()
+        out_std = std_from_moments(sample_moments(out), out[0].numel()).mean()
+        self._ratios.append(out_std / x_std.clamp(min=1e-12))
+        self._sizes.append(int(out.shape[0]))
+        if len(self._ratios) >= FOLD_EVERY:
+            self._fold()
+
+    def _fold(self) -> None:
+        if not self._ratios:
+            return
+        rs = torch.stack(self._ratios)
+        sizes = torch.tensor(self._sizes, dtype=_F64, device=rs.device)
+        weighted, lo = (rs * sizes).sum(), rs.min()
+        self.weighted = weighted if self.weighted is None else self.weighted + weighted
+        self.min = lo if self.min is None else torch.minimum(self.min, lo)
+        self.samples += sum(self._sizes)
+        self.batches += len(self._sizes)
+        self._ratios, self._sizes = [], []
 
     def merge(self, other: RatioAccumulator) -> None:
         """Combine the batches of `other` into this accumulator."""
-        if other.weighted is None:
+        other._fold()
+        self._fold()
+        if other.weighted is None or other.min is None:
             return
-        if self.weighted is None:
-            self.weighted, self.samples = other.weighted, other.samples
-            self.min, self.batches = other.min, other.batches
-            return
-        dev = self.weighted.device
-        self.weighted = self.weighted + other.weighted.to(dev)
-        self.min = torch.minimum(self.min, other.min.to(dev))  # type: ignore[arg-type,union-attr]
+        dev = other.weighted.device if self.weighted is None else self.weighted.device
+        self.weighted = other.weighted.to(dev) + (0 if self.weighted is None else self.weighted)
+        self.min = other.min.to(dev) if self.min is None else torch.minimum(self.min,
+                                                                            other.min.to(dev))
         self.samples += other.samples
         self.batches += other.batches
 
     def finalize(self) -> StdRatio | None:
         """The frozen std ratio, None when no batch was measured."""
-        if self.weighted is None or self.samples == 0:
+        self._fold()
+        if self.weighted is None or self.min is None or self.samples == 0:
             return None
-        return StdRatio(
-            mean=float(self.weighted.item()) / self.samples,
-            min=float(self.min.item()),  # type: ignore[union-attr]
-            batches=self.batches,
-        )
+        return StdRatio(mean=float(self.weighted.item()) / self.samples,
+                        min=float(self.min.item()), batches=self.batches)
 
 
 @dataclass
@@ -337,12 +383,13 @@ class BlockAccumulator:
         return cls(masks={}, ratio=RatioAccumulator())
 
     def update(self, x: torch.Tensor, out: torch.Tensor | None,
-               masks: dict[str, torch.Tensor]) -> None:
-        """Fold one forward pass of the block."""
+               masks: dict[str, torch.Tensor], x_moments: torch.Tensor | None = None) -> None:
+        """Fold one forward pass of the block (`x_moments`: the input's, taken on entry)."""
         for name, mask in masks.items():
             self.masks.setdefault(name, MaskAccumulator()).update(mask)
         if out is not None and out.dim() >= 2 and x.dim() >= 2:
-            self.ratio.update(x, out)
+            moments = x_moments if x_moments is not None else sample_moments(x)
+            self.ratio.update_moments(moments, x[0].numel(), out)
 
     def merge(self, other: BlockAccumulator) -> None:
         """Combine another run's statistics of the same block."""

@@ -310,3 +310,25 @@ def test_batch_of_one_does_not_take_a_gate_parameter_for_a_mask() -> None:
     report = analyze_model(model, [_x(b=1), _x(b=1, seed=2)])
     assert list(report.blocks[0].masks) == ["channel"]
     assert report.blocks[0].masks["channel"].count == 2 * 4
+
+
+def test_std_ratio_uses_the_input_as_it_was_before_an_in_place_block() -> None:
+    class InPlaceSE(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.fc = nn.Conv2d(c, c, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mul_(torch.sigmoid(self.fc(x.mean((2, 3), keepdim=True))))
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), InPlaceSE(4)).eval()
+    x = _x()
+    with torch.no_grad():
+        before = model[0](x)
+        after = model[1](before.clone())
+    expected = (after.flatten(1).std(1, correction=0).mean()
+                / before.flatten(1).std(1, correction=0).mean())
+    report = analyze_model(model, [x])
+    assert report.blocks[0].std_ratio is not None
+    assert report.blocks[0].std_ratio.mean == pytest.approx(float(expected), abs=1e-5)

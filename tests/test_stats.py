@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from coordatt_diag.stats import BlockAccumulator, MaskAccumulator, RatioAccumulator
+from coordatt_diag.stats import (
+    FOLD_EVERY,
+    BlockAccumulator,
+    MaskAccumulator,
+    RatioAccumulator,
+    _batch_part,
+    _masked_part,
+)
 
 
 def _mask(seed: int, shape: tuple[int, ...] = (4, 6, 5, 1)) -> torch.Tensor:
@@ -54,7 +61,10 @@ def test_merge_into_empty_and_ratio_merge() -> None:
     empty = RatioAccumulator()
     empty.merge(one)
     empty.merge(two)
-    assert empty.finalize() == whole.finalize()
+    a, b = empty.finalize(), whole.finalize()
+    assert a is not None and b is not None
+    assert a.mean == pytest.approx(b.mean) and a.min == pytest.approx(b.min)
+    assert a.batches == b.batches
     r = whole.finalize()
     assert r is not None and r.mean == pytest.approx(0.5) and r.batches == 2
 
@@ -63,7 +73,9 @@ def test_nonfinite_values_are_counted_and_left_out() -> None:
     m = _mask(0)
     m[0, 0, 0, 0] = float("nan")
     m[1, 2, 3, 0] = float("inf")
-    s = MaskAccumulator.of_batch(m).finalize()
+    acc = MaskAccumulator()
+    acc.update(m)
+    s = acc.finalize()
     finite = m[torch.isfinite(m)].double()
     assert s.nonfinite == 2
     assert s.count == finite.numel()
@@ -74,7 +86,9 @@ def test_nonfinite_values_are_counted_and_left_out() -> None:
 
 def test_saturation_and_exact_shares() -> None:
     m = torch.tensor([0.0, 0.005, 0.5, 0.995, 1.0, 1.0, 0.3, 0.7]).reshape(1, 1, 8, 1)
-    s = MaskAccumulator.of_batch(m).finalize()
+    acc = MaskAccumulator()
+    acc.update(m)
+    s = acc.finalize()
     assert s.sat_low == pytest.approx(2 / 8)
     assert s.sat_high == pytest.approx(3 / 8)
     assert s.exact01 == pytest.approx(3 / 8)
@@ -102,13 +116,33 @@ def test_memory_does_not_grow_with_batches() -> None:
 def test_fast_path_equals_masked_path_on_edge_values() -> None:
     edges = [0.0, 1e-30, 0.01, 0.0100001, 0.0099999, 0.5, 0.98999, 0.99, 0.990001, 1.0,
              0.9999999, 1 / 64, 2 / 64, 63 / 64, 31 / 64 - 1e-7]
-    m = torch.tensor(edges + torch.rand(200, generator=torch.Generator().manual_seed(1)).tolist())
-    m = m.reshape(1, 1, -1, 1)
-    lo, hi = torch.aminmax(m)
-    rows = m.reshape(1, -1)
-    fast = MaskAccumulator._finite_batch(m, rows, rows.mean(dim=1), lo, hi, float(lo), float(hi))
-    slow = MaskAccumulator._masked_batch(m)
-    for name in ("n", "hist", "low", "high", "exact", "min", "max"):
-        assert torch.equal(getattr(fast, name), getattr(slow, name).to(getattr(fast, name).dtype)), name
-    assert float(fast.m2) == pytest.approx(float(slow.m2), rel=1e-6)
+    m = torch.tensor(edges + torch.rand(201, generator=torch.Generator().manual_seed(1)).tolist())
+    m = m.reshape(1, 2, -1, 1)
+    fast, slow = _batch_part(m), _masked_part(m)
+    assert fast.n == slow.n and fast.pos_rows == slow.pos_rows
+    assert torch.equal(fast.hist, slow.hist)
+    assert torch.equal(fast.counts, slow.counts)
+    torch.testing.assert_close(fast.scal.double(), slow.scal, rtol=1e-6, atol=1e-7)
     assert fast.hist.tolist() == torch.histc(m, bins=64, min=0, max=1).long().tolist()
+
+
+def test_many_batches_fold_exactly() -> None:
+    parts = [_mask(i, (2, 3, 4, 1)) for i in range(3 * FOLD_EVERY + 5)]
+    acc = MaskAccumulator()
+    for p in parts:
+        acc.update(p)
+    s = acc.finalize()
+    flat = torch.cat(parts).double().flatten()
+    assert s.count == flat.numel()
+    assert s.mean == pytest.approx(float(flat.mean()), abs=1e-7)
+    assert s.std == pytest.approx(float(flat.std()), abs=1e-7)
+    assert s.min == pytest.approx(float(flat.min())) and s.max == pytest.approx(float(flat.max()))
+
+
+def test_merge_leaves_the_other_accumulator_unchanged() -> None:
+    a, b = MaskAccumulator(), MaskAccumulator()
+    b.update(_mask(1, (2, 3, 4, 1)))
+    before = b.finalize()
+    a.merge(b)
+    a.update(_mask(2, (2, 3, 4, 1)))
+    assert b.finalize() == before
