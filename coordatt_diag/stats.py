@@ -4,10 +4,12 @@ Each batch is reduced, on the model's device and without Python loops over value
 numbers per mask (a `_Part`); masks are never kept. Parts are folded together every
 `FOLD_EVERY` batches (one set of small stacked operations instead of one per batch: on a CPU the
 cost of a statistic is mostly the number of tensor operations), so memory stays bounded whatever
-the number of batches, and nothing is copied to the host but one small range check per batch
-until `finalize()`. Accumulators merge (`merge`), so two halves of a run give the same result as
-the whole run, to float tolerance: means and variances are combined with Chan et al.'s parallel
-formula, counts and sums add, minima and maxima combine.
+the number of batches. On a CPU one small range check per batch goes to the host (it lets a
+healthy mask skip the tail comparisons); on an accelerator nothing leaves the device until
+`finalize()`, so the device's queue never waits for the statistics. Accumulators merge
+(`merge`), so two halves of a run give the same result as the whole run, to float tolerance:
+means and variances are combined with Chan et al.'s parallel formula, counts and sums add, minima
+and maxima combine.
 
 Definitions (the README's "Statistics" section repeats them):
 
@@ -48,11 +50,11 @@ class _Part:
     per-row positional std)]; `counts` holds [<= 0.01, >= 0.99, exactly 0 or 1, non-finite].
     """
 
-    n: int
+    n: int | torch.Tensor  # a tensor where counting would need a host transfer
     scal: torch.Tensor
     counts: torch.Tensor
     hist: torch.Tensor
-    pos_rows: int
+    pos_rows: int | torch.Tensor
     sum_h: torch.Tensor | None  # (C, H): sums over samples and W (taken by the accumulator)
     sum_w: torch.Tensor | None  # (C, W): sums over samples and H
     samples: int
@@ -63,6 +65,8 @@ def _batch_part(mask: torch.Tensor) -> _Part:
     m = mask.detach()
     if m.dtype not in (torch.float32, _F64):
         m = m.float()
+    if m.device.type != "cpu":
+        return _masked_part(m)
     b, c, h, w = m.shape
     length = h * w
     # A row is one sample and channel along the mask's positions. The row means give the total;
@@ -115,34 +119,45 @@ def _batch_part(mask: torch.Tensor) -> _Part:
 
 
 def _masked_part(m: torch.Tensor) -> _Part:
-    """A batch holding NaN or inf: every statistic over the finite values only."""
+    """Every statistic over the finite values only, without a host transfer.
+
+    Used for a batch holding NaN or inf, and for every batch on an accelerator, where a host
+    transfer per batch would stall the device's queue: counts stay tensors until `finalize()`.
+    """
     b, c, h, w = m.shape
+    length = h * w
     dev_ = m.device
-    zero = torch.zeros((), dtype=m.dtype, device=dev_)
     finite = torch.isfinite(m)
-    v = torch.where(finite, m, zero)
-    n = int(finite.sum().item())
-    mean = v.sum(dtype=_F64) / max(n, 1)
-    dev = torch.where(finite, m - mean.to(m.dtype), zero)
+    v = torch.where(finite, m, torch.zeros((), dtype=m.dtype, device=dev_))
+    n = finite.sum()
+    mean = v.sum(dtype=_F64) / n.clamp(min=1)
+    dev = torch.where(finite, m - mean.to(m.dtype), torch.zeros((), dtype=m.dtype, device=dev_))
     m2 = (dev * dev).sum(dtype=_F64)
     inf = torch.tensor(math.inf, dtype=m.dtype, device=dev_)
     lo = torch.where(finite, m, inf).amin().to(_F64)
     hi = torch.where(finite, m, -inf).amax().to(_F64)
-    pos_sum = torch.zeros((), dtype=_F64, device=dev_)
-    pos_rows = 0
-    if h * w > 1:
+    if length > 1:
         # rows holding a non-finite value are left out of the positional std
-        row_ok = finite.reshape(b * c, h * w).all(dim=1)
-        row_std = v.reshape(b * c, h * w).std(dim=1, correction=0)
-        pos_sum = torch.where(row_ok, row_std, torch.zeros_like(row_std)).sum(dtype=_F64)
-        pos_rows = int(row_ok.sum().item())
+        rows = v.reshape(b * c, length)
+        row_ok = finite.reshape(b * c, length).all(dim=1)
+        norms = torch.linalg.vector_norm(rows - rows.mean(dim=1, keepdim=True), dim=1)
+        pos_sum = torch.where(row_ok, norms, torch.zeros_like(norms)).sum(dtype=_F64)
+        pos_sum = pos_sum / math.sqrt(length)
+        pos_rows: int | torch.Tensor = row_ok.sum()
+    else:
+        pos_sum = torch.zeros((), dtype=_F64, device=dev_)
+        pos_rows = 0
+    # non-finite values sit at a neutral 0.5 for the tail counts and out of range for histc
+    neutral = torch.where(finite, m, torch.full((), 0.5, dtype=m.dtype, device=dev_))
     counts = torch.stack([
-        ((m <= SAT_LOW) & finite).sum(), ((m >= SAT_HIGH) & finite).sum(),
-        ((m == 0) | (m == 1)).sum(), (~finite).sum(),
+        (neutral <= SAT_LOW).sum(), (neutral >= SAT_HIGH).sum(),
+        ((neutral == 0) | (neutral == 1)).sum(), (~finite).sum(),
     ])
+    outside = torch.where(finite, m, torch.full((), -1.0, dtype=m.dtype, device=dev_))
     return _Part(
         n=n, scal=torch.stack([mean, m2, lo, hi, pos_sum]),
-        counts=counts, hist=torch.histc(m, bins=HIST_BINS, min=0.0, max=1.0).to(torch.int64),
+        counts=counts,
+        hist=torch.histc(outside, bins=HIST_BINS, min=0.0, max=1.0).to(torch.int64),
         pos_rows=pos_rows, sum_h=v.sum(dim=(0, 3), dtype=_F64), sum_w=v.sum(dim=(0, 2), dtype=_F64),
         samples=b, shape=(c, h, w),
     )
@@ -155,9 +170,9 @@ def _combine(parts: list[_Part]) -> _Part:
         return first
     dev = first.scal.device
     scal = torch.stack([p.scal.to(device=dev, dtype=_F64) for p in parts])
-    ns = torch.tensor([p.n for p in parts], dtype=_F64, device=dev)
-    total = sum(p.n for p in parts)
-    mean = (ns * scal[:, 0]).sum() / max(total, 1)
+    ns = torch.stack([torch.as_tensor(p.n, dtype=_F64, device=dev) for p in parts])
+    total = ns.sum()
+    mean = (ns * scal[:, 0]).sum() / total.clamp(min=1)
     spread = scal[:, 0] - mean
     m2 = scal[:, 1].sum() + (ns * spread * spread).sum()
     # a part without finite values has no min/max: leave it out
@@ -166,11 +181,12 @@ def _combine(parts: list[_Part]) -> _Part:
     lo = torch.where(has, scal[:, 2], inf).min()
     hi = torch.where(has, scal[:, 3], -inf).max()
     return _Part(
-        n=total,
+        n=total.to(torch.int64),
         scal=torch.stack([mean, m2, lo, hi, scal[:, 4].sum()]),
         counts=torch.stack([p.counts.to(dev) for p in parts]).sum(dim=0),
         hist=torch.stack([p.hist.to(dev) for p in parts]).sum(dim=0),
-        pos_rows=sum(p.pos_rows for p in parts),
+        pos_rows=torch.stack([torch.as_tensor(p.pos_rows, dtype=torch.int64, device=dev)
+                              for p in parts]).sum(),
         sum_h=None,
         sum_w=None,
         samples=sum(p.samples for p in parts),
@@ -248,7 +264,7 @@ class MaskAccumulator:
             raise ValueError("no batch was seen")
         mean, m2, lo, hi, pos_sum = part.scal.tolist()
         low, high, exact, nonfinite = part.counts.tolist()
-        n = part.n
+        n, pos_rows = int(part.n), int(part.pos_rows)
         total = max(n, 1)
         c, h, w = part.shape
         chan_std = None
@@ -272,7 +288,7 @@ class MaskAccumulator:
             sat_high=int(high) / total,
             exact01=int(exact) / total,
             nonfinite=int(nonfinite),
-            pos_std=pos_sum / part.pos_rows if h * w > 1 and part.pos_rows > 0 else None,
+            pos_std=pos_sum / pos_rows if h * w > 1 and pos_rows > 0 else None,
             chan_std=chan_std,
             hist=[int(x) for x in part.hist.tolist()],
             shape=[c, h, w],

@@ -146,3 +146,50 @@ def test_merge_leaves_the_other_accumulator_unchanged() -> None:
     a.merge(b)
     a.update(_mask(2, (2, 3, 4, 1)))
     assert b.finalize() == before
+
+
+def test_device_path_equals_host_path() -> None:
+    """The accelerator path (no host transfer per batch) gives the CPU path's statistics."""
+    gen = torch.Generator().manual_seed(3)
+    batches = [torch.rand((3, 4, 6, 1), generator=gen) ** 3 for _ in range(FOLD_EVERY + 3)]
+    batches[2][0, 0, 0, 0] = 1.0
+    batches[4][1, 2, 3, 0] = 0.0
+    host, device = MaskAccumulator(), MaskAccumulator()
+    for m in batches:
+        host.update(m)
+        device._add(_masked_part(m))
+    a, b = host.finalize(), device.finalize()
+    for field in ("count", "mean", "std", "min", "max", "sat_low", "sat_high", "exact01",
+                  "nonfinite", "pos_std", "chan_std", "hist"):
+        assert getattr(a, field) == pytest.approx(getattr(b, field), rel=1e-6, abs=1e-7), field
+    assert a.profile_h is not None and b.profile_h is not None
+    assert a.profile_h.mean == pytest.approx(b.profile_h.mean, rel=1e-6)
+    assert a.profile_h.spread == pytest.approx(b.profile_h.spread, rel=1e-5)
+
+
+def test_device_path_counts_nonfinite_without_a_host_transfer() -> None:
+    m = torch.rand(2, 3, 4, 1, generator=torch.Generator().manual_seed(5))
+    m[0, 1, 2, 0] = float("nan")
+    m[1, 0, 0, 0] = float("inf")
+    part = _masked_part(m)
+    assert isinstance(part.n, torch.Tensor) and int(part.n) == m.numel() - 2
+    acc = MaskAccumulator()
+    acc._add(part)
+    s = acc.finalize()
+    finite = m[torch.isfinite(m)].double()
+    assert s.nonfinite == 2 and s.count == finite.numel()
+    assert s.mean == pytest.approx(float(finite.mean()), abs=1e-7)
+    assert s.std == pytest.approx(float(finite.std()), abs=1e-6)
+    assert sum(s.hist) == finite.numel()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_statistics_equal_cpu() -> None:
+    m = torch.rand(4, 8, 10, 1, generator=torch.Generator().manual_seed(7))
+    host, dev = MaskAccumulator(), MaskAccumulator()
+    host.update(m)
+    dev.update(m.cuda())
+    a, b = host.finalize(), dev.finalize()
+    assert a.hist == b.hist and a.count == b.count
+    assert a.std == pytest.approx(b.std, rel=1e-5)
+    assert a.pos_std == pytest.approx(b.pos_std, rel=1e-5)
