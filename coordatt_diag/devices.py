@@ -1,0 +1,93 @@
+"""Where the model runs and in which precision: `--device` and `--half`.
+
+`resolve_device("auto")` picks CUDA when torch sees a GPU (under torchrun, the GPU of the local
+rank), else the CPU. `--half` runs the model in float16 (or bfloat16) on CUDA only; the
+statistics stay float32/float64 whatever the model's precision (see `coordatt_diag.stats`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+
+from coordatt_diag.errors import UsageError
+
+_HALF = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16,
+         "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The resolved device and model dtype of a run."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+
+def _local_rank() -> int:
+    try:
+        return int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def resolve_device(spec: str | None) -> torch.device:
+    """Turn `--device` (cpu, cuda, cuda:N, mps, auto; None means auto) into a checked device.
+
+    Raises:
+        UsageError: an unknown spelling, or a device this machine does not have.
+    """
+    text = (spec or "auto").strip().lower()
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", _local_rank() % torch.cuda.device_count())
+        return torch.device("cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    m = re.fullmatch(r"cuda(?::(\d+))?", text)
+    if m:
+        if not torch.cuda.is_available():
+            why = ("this torch build has no CUDA support" if torch.version.cuda is None
+                   else "torch sees no GPU")
+            raise UsageError(f"--device {spec}: CUDA is not available ({why}); use --device cpu "
+                             "or --device auto")
+        count = torch.cuda.device_count()
+        index = int(m.group(1)) if m.group(1) is not None else _local_rank() % count
+        if index >= count:
+            raise UsageError(f"--device {spec}: this machine has {count} CUDA device(s), "
+                             f"cuda:0 to cuda:{count - 1}")
+        return torch.device("cuda", index)
+    if text == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError("--device mps: MPS is not available here; use --device cpu")
+        return torch.device("mps")
+    raise UsageError(f"--device {spec!r} is not a device: use cpu, cuda, cuda:N or auto")
+
+
+def resolve_placement(device: str | None, half: bool = False,
+                      half_dtype: str = "float16") -> Placement:
+    """`--device` and `--half` / `--half-dtype` together.
+
+    Raises:
+        UsageError: as `resolve_device`; `--half` without a CUDA device; an unknown dtype.
+    """
+    dev = resolve_device(device)
+    if not half:
+        return Placement(dev, torch.float32)
+    dtype = _HALF.get(half_dtype.strip().lower())
+    if dtype is None:
+        raise UsageError(f"--half-dtype {half_dtype!r}: use float16 or bfloat16")
+    if dev.type != "cuda":
+        raise UsageError(f"--half needs a CUDA device (the run is on {dev}); half precision on "
+                         "a CPU is slow and not what the model runs in: drop --half")
+    if dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise UsageError(f"--half-dtype bfloat16: {torch.cuda.get_device_name(dev)} does not "
+                         "support bfloat16; use --half-dtype float16")
+    return Placement(dev, dtype)
