@@ -263,7 +263,22 @@ def test_cli_effect_with_labels(runner, validate_report) -> None:  # type: ignor
         assert effect["positional"]["top1_agreement"] is not None
     report = Report.from_dict(data)
     assert report.to_dict() == data
-    assert any(f["code"] == "dead_weight" for f in blocks["stage1.att"]["findings"])
+    limit = data["thresholds"]["dead_weight_effect"]
+    for b in blocks.values():
+        dead = [f for f in b["findings"] if f["code"] == "dead_weight"]
+        assert bool(dead) == (b["effect"]["constant"]["rel_l2"] < limit)
+
+
+def test_cli_dead_weight_with_a_configured_threshold(runner, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "th.toml"
+    config.write_text("dead_weight_effect = 0.5\n")
+    result = _inspect(runner, "--effect", "--blocks", r"stage1\.att", "--config", str(config),
+                      "--json", "-")
+    assert result.exit_code == 0, result.output
+    (block,) = json.loads(result.stdout)["blocks"]
+    (finding,) = [f for f in block["findings"] if f["code"] == "dead_weight"]
+    assert finding["threshold"] == 0.5
+    assert finding["value"] == pytest.approx(block["effect"]["constant"]["rel_l2"])
 
 
 def test_cli_effect_table_and_no_effect_without_the_option(runner) -> None:  # type: ignore[no-untyped-def]
