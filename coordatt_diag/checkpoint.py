@@ -6,22 +6,43 @@ Formats:
 * a dict holding one under `ema` or `model` (a non-None `ema` is preferred: Ultralytics, timm and
   YOLOv5-style trainers save the EMA weights there);
 * a state dict, bare or under `state_dict` / `model_state_dict` (or under `model` / `ema`), plus
-  a model factory `pkg.mod:factory` (called with no arguments, or with JSON keyword arguments).
+  a model factory `pkg.mod:factory` (called with no arguments, or with JSON keyword arguments);
+* an Ultralytics YOLO checkpoint (`last.pt`, `best.pt`, `epochN.pt`): the dict above with
+  `model` (half precision, None in epoch files) or `ema`, `epoch` (-1 in the final, stripped
+  files), `train_args`, `date`, `version`; the model runs in float32;
+* a Lightning `.ckpt`: `state_dict` whose keys carry the LightningModule's attribute name
+  (`model.`), plus `--model`;
+* a `.safetensors` state dict, read with the `safetensors` package (no pickle: safe without
+  `trust`), plus `--model`.
+
+TorchScript and `torch.export` archives are refused: hooks only see the modules of an eager
+model, and a compiled graph has none.
 
 `torch.load(weights_only=True)` is tried first. When it refuses because the file pickles classes,
 the error lists the classes the file references (read without importing anything, with
 `torch.serialization.get_unsafe_globals_in_checkpoint`) and says that `trust=True` (`--trust`)
 loads it with full pickle, which runs code from the file. The file is only ever read.
+
+Before a trusted unpickle the packages the file's classes come from are imported, so a missing
+one (typically `ultralytics`) is named with its install command. Importing Ultralytics must not
+reach the network, print to stdout or write to the user's home: `YOLO_OFFLINE`,
+`YOLO_AUTOINSTALL`, `YOLO_VERBOSE` and a temporary `YOLO_CONFIG_DIR` are set first, each only
+where the user has not set it.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import importlib
 import json
+import os
 import pickle
 import re
+import shutil
 import sys
+import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -37,6 +58,22 @@ from coordatt_diag.results import CheckpointInfo
 
 _STATE_KEYS = ("state_dict", "model_state_dict")
 _PREFIXES = ("module.", "model.", "_orig_mod.")
+SAFETENSORS_SUFFIX = ".safetensors"
+#: pip command for the packages checkpoints commonly pickle classes from (by top-level module)
+INSTALL_HINTS = {
+    "ultralytics": "pip install ultralytics",
+    "timm": "pip install timm",
+    "lightning": "pip install lightning",
+    "pytorch_lightning": "pip install pytorch-lightning",
+    "torchvision": "pip install torchvision",
+    "safetensors": "pip install safetensors",
+}
+#: Ultralytics reads these at import time (ultralytics/utils/__init__.py): offline, no pip, quiet
+#: (its log handler writes to stdout, which `--json -` keeps for the report), and settings.json
+#: in a folder of ours rather than ~/.config/Ultralytics.
+_OFFLINE_ENV = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0", "YOLO_VERBOSE": "0"}
+_CHECKPOINT_FACTS = ("date", "version", "train_args", "meta", "global_step",
+                     "pytorch-lightning_version", "hyper_parameters")
 
 
 @dataclass
@@ -45,6 +82,33 @@ class LoadedModel:
 
     model: nn.Module
     info: CheckpointInfo
+
+
+def offline_third_party_env() -> dict[str, str]:
+    """Keep third-party imports (Ultralytics) offline, quiet and out of the user's home folder.
+
+    Sets `YOLO_OFFLINE=1`, `YOLO_AUTOINSTALL=0`, `YOLO_VERBOSE=0` and `YOLO_CONFIG_DIR` (a
+    temporary folder, removed at exit) in `os.environ`, each only where it is not set already:
+    a user's own settings win.
+
+    Returns:
+        The variables this call set (empty when all were set already).
+    """
+    added: dict[str, str] = {}
+    for key, value in _OFFLINE_ENV.items():
+        if key not in os.environ:
+            os.environ[key] = added[key] = value
+    if "YOLO_CONFIG_DIR" not in os.environ:
+        folder = tempfile.mkdtemp(prefix="coordatt-diag-ultralytics-")
+        atexit.register(shutil.rmtree, folder, True)
+        os.environ["YOLO_CONFIG_DIR"] = added["YOLO_CONFIG_DIR"] = folder
+    return added
+
+
+def _stdout_to_stderr() -> contextlib.AbstractContextManager[Any]:
+    # Third-party packages print while importing (and Ultralytics binds its log handler to
+    # whatever sys.stdout is then): stdout is for the report alone.
+    return contextlib.redirect_stdout(sys.stderr)
 
 
 def add_import_paths(paths: list[Path] | None, modules: list[str] | None) -> None:
@@ -58,12 +122,18 @@ def add_import_paths(paths: list[Path] | None, modules: list[str] | None) -> Non
             raise UsageError(f"--path {p} is not a directory")
         if str(p) not in sys.path:
             sys.path.insert(0, str(Path(p).resolve()))
+    if modules:
+        # a user's block module often imports ultralytics to register itself there
+        offline_third_party_env()
     for mod in modules or []:
         try:
-            importlib.import_module(mod)
+            with _stdout_to_stderr():
+                importlib.import_module(mod)
         except ImportError as exc:
+            top = (getattr(exc, "name", None) or "").split(".")[0]
+            hint = f" ({INSTALL_HINTS[top]})" if top in INSTALL_HINTS else ""
             raise CheckpointError(
-                f"cannot import module {mod!r} ({exc}): add its folder with --path DIR"
+                f"cannot import module {mod!r} ({exc}){hint}: add its folder with --path DIR"
             ) from exc
 
 
@@ -75,14 +145,31 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def _is_torchscript(path: Path) -> bool:
+def compiled_archive_kind(path: Path) -> str | None:
+    """"TorchScript" or "torch.export" when `path` is such an archive, else None."""
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
     except (zipfile.BadZipFile, OSError):
-        return False
-    return any(n.endswith("/constants.pkl") or "/code/__torch__" in n for n in names) or any(
-        n.endswith("archive_format") or "/serialized_exported_program" in n for n in names
+        return None
+    if any(n.endswith("/archive_format") or "/serialized_exported_program" in n
+           or n.endswith("/models/model.json") for n in names):
+        return "torch.export"
+    if any(n.endswith("/constants.pkl") or "/code/__torch__" in n for n in names):
+        return "TorchScript"
+    return None
+
+
+def _compiled_refusal(path: Path, kind: str) -> CheckpointError:
+    if kind == "torch.export":
+        what = ("a torch.export archive (ExportedProgram): its graph is a flat list of aten "
+                "operators without the model's modules, so no hook can watch an attention block")
+    else:
+        what = ("a TorchScript archive: its modules are compiled, and forward hooks cannot see "
+                "the masks computed inside them")
+    return CheckpointError(
+        f"{path} is {what}; pass the eager model's checkpoint instead: torch.save(model) (with "
+        "--trust), or a state dict with --model pkg.module:factory"
     )
 
 
@@ -100,6 +187,8 @@ def _refusal(path: Path, exc: Exception) -> CheckpointError:
         shown = ", ".join(classes[:12]) + (
             f" and {len(classes) - 12} more" if len(classes) > 12 else "")
         what = f"it pickles classes ({shown})"
+        if any(c.startswith("ultralytics.") for c in classes):
+            what += " - an Ultralytics checkpoint, which also needs the ultralytics package"
     else:
         detail = str(exc).strip().splitlines()
         what = f"safe loading refused it ({detail[-1] if detail else type(exc).__name__})"
@@ -109,16 +198,54 @@ def _refusal(path: Path, exc: Exception) -> CheckpointError:
     )
 
 
+def _missing_package_error(path: Path, name: str) -> CheckpointError:
+    top = name.split(".")[0]
+    if top in INSTALL_HINTS:
+        return CheckpointError(
+            f"{path} pickles classes from the {top!r} package, which is not installed: "
+            f"{INSTALL_HINTS[top]}"
+        )
+    return CheckpointError(
+        f"{path} needs module {name!r}, which is not importable: install it, or make it "
+        "importable with --path DIR and --import MODULE"
+    )
+
+
+def _import_pickled_packages(path: Path) -> None:
+    """Import the top-level packages of the classes the file pickles, before unpickling it.
+
+    A missing package then gets its install command, and one that fails to import (a broken
+    install, e.g. torchvision built for another torch) an error saying so, rather than a
+    misleading "corrupt file".
+    """
+    tops = sorted({g.split(".")[0] for g in _unsafe_globals(path)}
+                  - {"torch", "builtins", "collections", "__main__", "__builtin__", "_codecs",
+                     "copyreg", "numpy", "argparse", "pathlib", "datetime"})
+    for top in tops:
+        if top in sys.modules:
+            continue
+        try:
+            with _stdout_to_stderr():
+                importlib.import_module(top)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.split(".")[0] == top:
+                raise _missing_package_error(path, top) from exc
+            raise CheckpointError(
+                f"importing {top!r}, whose classes {path} pickles, failed: {exc}"
+            ) from exc
+        except Exception as exc:  # noqa: BLE001 - any import failure of a third-party package
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise CheckpointError(
+                f"importing {top!r}, whose classes {path} pickles, failed "
+                f"({type(exc).__name__}: {first}); check that installation"
+            ) from exc
+
+
 def _missing_class_error(path: Path, exc: Exception) -> CheckpointError:
     text = str(exc)
     mod = re.search(r"No module named '([^']+)'", text)
     if mod:
-        name = mod.group(1)
-        hint = (" (pip install ultralytics)" if name.split(".")[0] == "ultralytics" else "")
-        return CheckpointError(
-            f"{path} needs module {name!r}, which is not importable{hint}: install it, or make "
-            "it importable with --path DIR and --import MODULE"
-        )
+        return _missing_package_error(path, mod.group(1))
     attr = re.search(r"Can't get attribute '([^']+)' on <module '([^']+)'", text)
     if attr:
         return CheckpointError(
@@ -139,17 +266,20 @@ def read_checkpoint(path: Path, trust: bool = False) -> Any:
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file")
-    if _is_torchscript(path):
-        raise CheckpointError(
-            f"{path} is a TorchScript or torch.export archive: hooks cannot see inside compiled "
-            "graphs; pass the eager model's checkpoint (torch.save(model) or a state dict with "
-            "--model) instead"
-        )
+    if path.suffix.lower() == SAFETENSORS_SUFFIX or _looks_like_safetensors(path):
+        return read_safetensors(path)
+    kind = compiled_archive_kind(path)
+    if kind is not None:
+        raise _compiled_refusal(path, kind)
+    if trust:
+        offline_third_party_env()
+        _import_pickled_packages(path)
     try:
         with warnings.catch_warnings():
             # torch warns about pickle protocols and FutureWarnings on every legacy file
             warnings.simplefilter("ignore")
-            return torch.load(str(path), map_location="cpu", weights_only=not trust)
+            with _stdout_to_stderr():
+                return torch.load(str(path), map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
         if not trust and "Weights only load failed" in str(exc) and not _looks_corrupt(exc):
             raise _refusal(path, exc) from exc
@@ -159,6 +289,46 @@ def read_checkpoint(path: Path, trust: bool = False) -> Any:
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError,
             UnicodeDecodeError, IndexError, KeyError) as exc:
         raise _corrupt(path, exc) from exc
+
+
+def read_safetensors(path: Path) -> dict[str, Any]:
+    """The tensors of a `.safetensors` file (no pickle), with its metadata under `__metadata__`.
+
+    Raises:
+        CheckpointError: the `safetensors` package is missing, or the file is not readable.
+    """
+    try:
+        from safetensors import safe_open
+    except ImportError as exc:
+        raise CheckpointError(
+            f"{path} is a safetensors file, which needs the safetensors package: pip install "
+            "safetensors (or pip install 'coordatt-diag[safetensors]')"
+        ) from exc
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:  # type: ignore[no-untyped-call]
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
+            metadata = f.metadata()
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError
+        raise _corrupt(path, exc) from exc
+    if not tensors:
+        raise CheckpointError(f"{path} holds no tensors")
+    return {"state_dict": tensors, "__metadata__": dict(metadata or {}),
+            "__format__": "safetensors"}
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    # 8-byte little-endian header length, then the JSON header (torch.save files are zip or
+    # pickle: they start with "PK" or 0x80)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 2 <= n <= size - 8
 
 
 def _looks_corrupt(exc: Exception) -> bool:
@@ -328,17 +498,66 @@ def load_model(
         raw_epoch = obj.get("epoch")
         if isinstance(raw_epoch, int) and not isinstance(raw_epoch, bool):
             epoch = raw_epoch
-        for key in ("date", "version", "train_args", "meta"):
-            if key in obj and _jsonable(obj[key]):
-                extra[key] = obj[key]
+        for key in _CHECKPOINT_FACTS:
+            if obj.get(key) is not None:
+                extra[key] = _plain(obj[key])
+        if obj.get("__metadata__"):
+            extra["metadata"] = _plain(obj["__metadata__"])
+        fmt, key_facts = _container_format(obj, fmt)
+        extra.update(key_facts)
+    stride = yolo_stride(model)
+    if stride is not None:
+        extra["stride"] = stride
     info = CheckpointInfo(path=str(path), sha256=sha256_of(path), format=fmt, epoch=epoch,
                           extra=extra)
     return LoadedModel(model=model, info=info)
 
 
-def _jsonable(value: Any) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
+def _container_format(obj: Mapping[str, Any], fmt: str) -> tuple[str, dict[str, Any]]:
+    """The trainer that wrote the dict, when it is recognisable, and which entry held the model."""
+    if obj.get("__format__") == "safetensors":
+        return "safetensors", {}
+    if "pytorch-lightning_version" in obj:
+        return "lightning", {}
+    if "train_args" in obj and fmt.startswith("dict:"):
+        # last/best.pt hold `model` (ema None, epoch -1); epochN.pt hold `ema` (model None)
+        return "ultralytics", {"model_key": fmt.partition(":")[2]}
+    return fmt, {}
+
+
+def is_yolo_model(model: nn.Module) -> bool:
+    """An Ultralytics (or YOLOv5-style) model: an `ultralytics` class, or a `yaml` dict and a
+    `stride`."""
+    if any(c.__module__.split(".")[0] == "ultralytics" for c in type(model).__mro__):
+        return True
+    return isinstance(getattr(model, "yaml", None), dict) and hasattr(model, "stride")
+
+
+def yolo_stride(model: nn.Module) -> int | None:
+    """The largest output stride of a YOLO model (`model.stride.max()`); None for other models."""
+    if not is_yolo_model(model):
+        return None
+    raw = getattr(model, "stride", None)
+    if isinstance(raw, torch.Tensor) and raw.numel() > 0:
+        value = float(raw.max())
+    elif isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        value = float(raw)
+    elif isinstance(raw, (list, tuple)) and raw and all(isinstance(v, (int, float)) for v in raw):
+        value = float(max(raw))
+    else:
+        return None
+    return int(value) if value >= 1 and value == int(value) else None
+
+
+def _plain(value: Any, depth: int = 0) -> Any:
+    """A JSON-ready copy: containers kept, other values (paths, enums, tensors) as text."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else str(value)
+    if depth < 4 and isinstance(value, Mapping):
+        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
+    if depth < 4 and isinstance(value, (list, tuple)):
+        return [_plain(v, depth + 1) for v in value]
+    text = str(value)
+    return text if len(text) <= 200 else text[:197] + "..."

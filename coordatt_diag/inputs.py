@@ -9,6 +9,11 @@
   `weights_only=True`), or a `.npy` array; used as given.
 * synthetic: standard normal batches (the default when no input is named); real images give a
   truer picture of the masks.
+
+The image side defaults to 224, and to 640 for YOLO models, which also get letterboxed images
+(as Ultralytics feeds them). A YOLO model only takes sides that are multiples of its grid
+(the largest of `model.stride` and 32, as Ultralytics' `check_imgsz`), so an `--imgsz` that is
+not is rounded up, with a note in the report.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from coordatt_diag.errors import InputError, UsageError
 from coordatt_diag.results import InputsInfo
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+DEFAULT_IMGSZ = 224
+YOLO_IMGSZ = 640
+YOLO_MIN_GRID = 32
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SYNTHETIC_BATCHES = 4
@@ -42,6 +50,37 @@ def input_channels(model: nn.Module, default: int = 3) -> int:
         if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Conv3d)):
             return int(m.in_channels)
     return default
+
+
+@dataclass(frozen=True)
+class InputSize:
+    """The side the inputs get, whether images are letterboxed, and why (a note, or None)."""
+
+    imgsz: int
+    letterbox: bool = False
+    note: str | None = None
+
+
+def input_size(model: nn.Module | None, imgsz: int | None) -> InputSize:
+    """The input side for `model`: `imgsz` (default 224), or for a YOLO model 640 by default,
+    a multiple of its grid (rounded up), with letterboxed images.
+
+    Args:
+        model: the model to feed (None: no model-specific rule).
+        imgsz: the side asked for (`--imgsz`), or None for the default.
+    """
+    from coordatt_diag.checkpoint import yolo_stride
+
+    stride = yolo_stride(model) if model is not None else None
+    if stride is None:
+        return InputSize(imgsz if imgsz is not None else DEFAULT_IMGSZ)
+    grid = max(stride, YOLO_MIN_GRID)
+    asked = imgsz if imgsz is not None else YOLO_IMGSZ
+    side = max(grid, -(-asked // grid) * grid)
+    note = None
+    if side != asked:
+        note = f"--imgsz {asked} rounded up to {side}, a multiple of the YOLO model's stride {grid}"
+    return InputSize(side, letterbox=True, note=note)
 
 
 @dataclass
@@ -91,13 +130,14 @@ def open_inputs(
     images: Path | None = None,
     tensors: Path | None = None,
     channels: int = 3,
-    imgsz: int = 224,
+    imgsz: int | None = None,
     normalize: str = "unit",
     letterbox: bool = False,
     batch_size: int = 8,
     batches: int | None = None,
     seed: int = 0,
     workers: int | None = None,
+    model: nn.Module | None = None,
 ) -> InputStream:
     """Open the inputs named by the options (synthetic when none is named).
 
@@ -105,13 +145,17 @@ def open_inputs(
         images: image file or folder.
         tensors: .pt or .npy file.
         channels: the model's input channel count.
-        imgsz: side of the square images are resized to (and of synthetic inputs).
+        imgsz: side of the square images are resized to (and of synthetic inputs); default
+            224, or as `input_size` decides for `model`.
         normalize: "unit" or "imagenet" (images only).
-        letterbox: keep the aspect ratio and pad with grey (YOLO) instead of stretching.
+        letterbox: keep the aspect ratio and pad with grey (YOLO) instead of stretching (always
+            for a YOLO `model`).
         batch_size: samples per batch.
         batches: stop after this many batches (default: all; 4 for synthetic).
         seed: seed of the synthetic inputs.
         workers: decoding threads (default: up to 4).
+        model: the model the inputs are for: a YOLO model gets 640 by default, a side that is a
+            multiple of its grid, and letterboxed images.
 
     Raises:
         UsageError: conflicting or invalid options.
@@ -123,7 +167,7 @@ def open_inputs(
         raise UsageError("--batch-size must be at least 1")
     if batches is not None and batches < 1:
         raise UsageError("--batches must be at least 1")
-    if imgsz < 1:
+    if imgsz is not None and imgsz < 1:
         raise UsageError("--imgsz must be at least 1")
     if normalize not in ("unit", "imagenet"):
         raise UsageError("--normalize must be 'unit' or 'imagenet'")
@@ -131,15 +175,19 @@ def open_inputs(
         stream = InputStream("tensors", str(tensors), batch_size, None, None)
         stream._iter = _limit(_tensor_batches(tensors, channels, batch_size), batches)
         return stream
+    size = input_size(model, imgsz)
+    letterbox = letterbox or size.letterbox
     if images is not None:
         files = list_images(images)
-        stream = InputStream("images", str(images), batch_size, normalize, None)
+        stream = InputStream("images", str(images), batch_size, normalize, size.note)
         stream._iter = _limit(
-            _image_batches(files, stream, channels, imgsz, normalize, letterbox, batch_size,
-                           workers), batches)
+            _image_batches(files, stream, channels, size.imgsz, normalize, letterbox,
+                           batch_size, workers), batches)
         return stream
-    stream = InputStream("synthetic", None, batch_size, None, SYNTHETIC_NOTE)
-    stream._iter = _synthetic(channels, imgsz, batch_size, batches or SYNTHETIC_BATCHES, seed)
+    note = SYNTHETIC_NOTE if size.note is None else f"{SYNTHETIC_NOTE}; {size.note}"
+    stream = InputStream("synthetic", None, batch_size, None, note)
+    stream._iter = _synthetic(channels, size.imgsz, batch_size, batches or SYNTHETIC_BATCHES,
+                              seed)
     return stream
 
 

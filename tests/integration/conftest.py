@@ -53,6 +53,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
 
 
+def _threads() -> str:
+    # One torch thread unless the user says otherwise: on a small shared machine (2 cores, other
+    # jobs running) OpenMP's spinning worker threads made each small conv 40-100x slower than
+    # with one thread, and this suite runs tiny models where more threads gain nothing.
+    return os.environ.get("OMP_NUM_THREADS") or "1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_threads() -> None:
+    import torch
+
+    torch.set_num_threads(int(_threads()))
+
+
 @pytest.fixture(scope="session")
 def yolo_config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A YOLO_CONFIG_DIR of the session's own (Ultralytics writes settings.json there)."""
@@ -88,6 +102,7 @@ def offline_env(tmp_path: Path, yolo_config_dir: Path) -> Iterator[dict[str, str
     env = dict(os.environ)
     env.update(OFFLINE_VARS)
     env["YOLO_CONFIG_DIR"] = str(yolo_config_dir)
+    env["OMP_NUM_THREADS"] = _threads()
     env["COORDATT_DIAG_NO_NETWORK"] = "1"
     env["COORDATT_DIAG_NETLOG"] = str(netlog)
     env["PYTHONPATH"] = os.pathsep.join(
