@@ -13,17 +13,19 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from coordatt_diag import __version__
+from coordatt_diag import __version__, distributed, memory
 from coordatt_diag.capture import BlockCall, BlockSpec, MaskCapture, discover_blocks
+from coordatt_diag.devices import Placement, resolve_placement
 from coordatt_diag.errors import InputError, NoBlocksError, UsageError
 from coordatt_diag.health import judge_block, summarize
 from coordatt_diag.results import (
@@ -31,6 +33,7 @@ from coordatt_diag.results import (
     BlockReport,
     CheckpointInfo,
     InputsInfo,
+    MaskEffect,
     Report,
 )
 from coordatt_diag.stats import BlockAccumulator, sample_moments
@@ -47,6 +50,10 @@ class RunState:
 
     blocks: list[BlockSpec]
     acc: dict[str, BlockAccumulator] = field(default_factory=dict)
+    #: Per-batch observers beside the mask statistics (`BlockObserver`; by default the seed
+    #: blocks' monitor, `coordatt_diag.monitor`): attached for the run, shown every block call,
+    #: asked for each block's `extra` entries at the end, merged with their counterparts.
+    observers: list[BlockObserver] = field(default_factory=lambda: _default_observers())
 
     def on_enter(self, spec: BlockSpec, x: torch.Tensor) -> torch.Tensor:
         """The input's moments for the std ratio, taken before the block can change x."""
@@ -55,10 +62,46 @@ class RunState:
     def on_block(self, call: BlockCall) -> None:
         self.acc.setdefault(call.spec.name, BlockAccumulator.empty()).update(
             call.x, call.out, call.masks, x_moments=call.entered)
+        for observer in self.observers:
+            observer.on_block(call)
 
-    def capture(self, model: nn.Module, **kwargs: Any) -> MaskCapture:
-        """A `MaskCapture` that feeds this run's accumulators."""
-        return MaskCapture(model, self.blocks, self.on_block, on_enter=self.on_enter, **kwargs)
+    @contextlib.contextmanager
+    def capture(self, model: nn.Module, **kwargs: Any) -> Iterator[MaskCapture]:
+        """A `MaskCapture` that feeds this run's accumulators, with the observers attached."""
+        with contextlib.ExitStack() as stack:
+            for observer in self.observers:
+                stack.enter_context(observer.attach(model, self.blocks))
+            yield stack.enter_context(MaskCapture(model, self.blocks, self.on_block,
+                                                  on_enter=self.on_enter, **kwargs))
+
+    def merge(self, other: RunState) -> None:
+        """Add the statistics of `other` (another shard of the same run) to this state."""
+        for name, acc in other.acc.items():
+            if name in self.acc:
+                self.acc[name].merge(acc)
+            else:
+                self.acc[name] = acc
+        for mine, theirs in zip(self.observers, other.observers, strict=True):
+            mine.merge(theirs)
+
+
+class BlockObserver(Protocol):
+    """Sees every block call of a run and adds per-block entries to the report's `extra`."""
+
+    def attach(self, model: nn.Module,
+               blocks: list[BlockSpec]) -> contextlib.AbstractContextManager[None]: ...
+
+    def on_block(self, call: BlockCall) -> None: ...
+
+    def merge(self, other: Any) -> None: ...
+
+    def results(self, name: str, module: nn.Module) -> dict[str, Any]: ...
+
+
+def _default_observers() -> list[BlockObserver]:
+    from coordatt_diag.monitor import MonitorObserver
+
+    return [MonitorObserver()]
 
 
 @contextlib.contextmanager
@@ -139,8 +182,10 @@ def finalize(
     checkpoint: CheckpointInfo,
     inputs: InputsInfo,
     probes: list[ExtraProbe] | None = None,
+    effects: dict[str, MaskEffect | None] | None = None,
 ) -> Report:
-    """Freeze the accumulators into a judged `Report`."""
+    """Freeze the accumulators (and the mask effect per block, if measured) into a judged
+    `Report`."""
     modules = dict(model.named_modules(remove_duplicate=False))
     blocks: list[BlockReport] = []
     for spec in state.blocks:
@@ -149,6 +194,8 @@ def finalize(
         extra: dict[str, Any] = {}
         for probe in probes or []:
             extra.update(probe(module))
+        for observer in state.observers:
+            extra.update(observer.results(spec.name, module))
         block = BlockReport(
             name=spec.name,
             type=spec.type,
@@ -160,11 +207,14 @@ def finalize(
             identity_path=spec.identity_path,
             weight_rms=_weight_rms(module),
             extra=extra,
+            effect=(effects or {}).get(spec.name),
         )
         blocks.append(judge_block(block, thresholds.for_block(spec.name)))
     return Report(
         schema=SCHEMA_ID,
-        tool={"name": "coordatt-diag", "version": __version__, "torch": torch.__version__},
+        tool={"name": "coordatt-diag", "version": __version__, "torch": torch.__version__,
+              "device": str(_model_device(model)), "dtype": str(model_dtype(model)).removeprefix(
+                  "torch."), "processes": distributed.launched_world()},
         checkpoint=checkpoint,
         inputs=inputs,
         blocks=blocks,
@@ -180,6 +230,7 @@ def run_batches(
     blocks_pattern: str | None = None,
     device: torch.device | str | None = None,
     progress: Progress | None = None,
+    dtype: torch.dtype | None = None,
 ) -> RunState:
     """Discover the blocks on the first batch, then stream every batch's mask statistics.
 
@@ -189,37 +240,108 @@ def run_batches(
         blocks_pattern: `--blocks` regular expression.
         device: where to run (default: where the model's parameters are).
         progress: called with the number of batches done after each batch.
+        dtype: the dtype floating inputs are cast to (default: the model's).
+
+    Under torchrun (see `coordatt_diag.distributed`) each rank runs every world-th batch and the
+    returned state holds the merged statistics of all ranks.
 
     Returns:
         The run's accumulators.
     """
     dev = torch.device(device) if device is not None else _model_device(model)
+    if dtype is None:
+        dtype = model_dtype(model)
     it = iter(batches)
     first = next(it, None)
     if first is None:
         raise InputError("no input batch to run")
-    first = first.to(dev)
+    first = _to(first, dev, dtype)
     # two samples: a gate computed from a parameter has batch size 1 and must not pass for a mask
     probe = first[:2] if first.shape[0] >= 2 else first.repeat(2, *([1] * (first.dim() - 1)))
     specs = find_blocks(model, probe, blocks_pattern)
     state = RunState(blocks=specs)
-    with torch.inference_mode(), state.capture(model):
-        done = 0
-        batch: torch.Tensor | None = first
-        while batch is not None:
-            _forward(model, batch)
-            done += 1
-            if progress is not None:
-                progress(done)
-            nxt = next(it, None)
-            batch = nxt.to(dev, non_blocking=True) if nxt is not None else None
+    shard = distributed.group(dev)
+    error: tuple[str, str, int] | None = None
+    try:
+        with preserved_mode(model):
+            _check_memory(model, probe, first)  # before the run, not halfway through it
+        with torch.inference_mode(), state.capture(model):
+            done = 0
+            index = 0
+            batch: torch.Tensor | None = first
+            while batch is not None:
+                if shard is None or shard.owns(index):
+                    _forward(model, batch)
+                    done += 1
+                    if progress is not None:
+                        progress(done)
+                index += 1
+                nxt = next(it, None)
+                batch = _to(nxt, dev, dtype) if nxt is not None else None
+    except Exception as exc:
+        if shard is None:
+            raise
+        error = distributed.error_payload(exc)  # the other ranks must hear of it
+    if shard is not None:
+        state = _merged(state, error)
     return state
+
+
+def _check_memory(model: nn.Module, probe: torch.Tensor, batch: torch.Tensor) -> None:
+    try:
+        memory.check_batch(model, probe, batch)
+    except RuntimeError as exc:
+        first = (str(exc).strip().splitlines() or ["RuntimeError"])[0][:240]
+        raise InputError(
+            f"the model's forward pass failed on a batch of shape {tuple(probe.shape)}: {first}; "
+            "check --imgsz, the channel count and the input tensors"
+        ) from exc
+
+
+def _to(batch: torch.Tensor, dev: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
+    """The batch on the model's device and in its dtype; pinned first for an async copy."""
+    if dev.type == "cuda" and batch.device.type == "cpu":
+        batch = batch.pin_memory()
+    if dtype is not None and batch.is_floating_point() and batch.dtype != dtype:
+        return batch.to(dev, dtype=dtype, non_blocking=True)
+    return batch.to(dev, non_blocking=True)
+
+
+def _merged(state: RunState, error: tuple[str, str, int] | None) -> RunState:
+    """Gather every rank's accumulators and merge them in rank order (the same on each rank)."""
+    payload = None if error is not None else distributed.to_device(state, "cpu")
+    gathered = distributed.all_gather((payload, error))
+    distributed.raise_first_error([err for _, err in gathered])
+    merged: RunState = gathered[0][0]
+    for other, _ in gathered[1:]:
+        merged.merge(other)
+    return merged
 
 
 def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating parameter (float32 when it has none)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def place_model(model: nn.Module, device: str | None = None, half: bool = False,
+                half_dtype: str = "float16") -> Placement:
+    """Resolve `--device` / `--half` and move the model there (see `coordatt_diag.devices`).
+
+    Raises:
+        UsageError: a device this machine lacks, or `--half` without CUDA.
+    """
+    placement = resolve_placement(device, half, half_dtype)
+    model.to(device=placement.device, dtype=placement.dtype)
+    return placement
 
 
 def analyze_model(
@@ -291,36 +413,67 @@ class InspectOptions:
     paths: tuple[Path, ...] = ()
     images: Path | None = None
     tensors: Path | None = None
-    imgsz: int = 224
+    imgsz: int | None = None  # 224, or 640 for YOLO models (see inputs.input_size)
     normalize: str = "unit"
     batch_size: int = 8
     batches: int | None = None
     seed: int = 0
     blocks: str | None = None
     config: Path | None = None
-    device: str | None = None
+    device: str | None = None  # cpu, cuda, cuda:N, auto (None: auto)
+    half: bool = False
+    half_dtype: str = "float16"
+    effect: bool = False  # also measure the mask effect (coordatt_diag.effect)
+    labels: Path | None = None  # class indices of the inputs, for the effect's accuracy drop
 
 
 def inspect_checkpoint(
     path: Path,
     options: InspectOptions | None = None,
     progress: Progress | None = None,
+    effect_progress: Progress | None = None,
 ) -> Report:
-    """Load the checkpoint at `path`, run the inputs the options name, and return the report."""
+    """Load the checkpoint at `path`, run the inputs the options name, and return the report.
+
+    With `options.effect`, the inputs are opened and run again for the mask effect
+    (`coordatt_diag.effect`), which reports the batches it has done to `effect_progress`.
+    """
     from coordatt_diag.checkpoint import add_import_paths, load_model
     from coordatt_diag.inputs import input_channels, open_inputs
     from coordatt_diag.thresholds import load_thresholds
 
     opts = options or InspectOptions()
     thresholds = load_thresholds(opts.config)
+    labels = _effect_labels(opts)
     _compile_pattern(opts.blocks)
     add_import_paths(list(opts.paths), list(opts.imports))
     loaded = load_model(path, trust=opts.trust, factory=opts.model, factory_args=opts.model_args)
-    stream = open_inputs(
+    placement = place_model(loaded.model, opts.device, opts.half, opts.half_dtype)
+    open_stream = functools.partial(
+        open_inputs,
         images=opts.images, tensors=opts.tensors, channels=input_channels(loaded.model),
         imgsz=opts.imgsz, normalize=opts.normalize, batch_size=opts.batch_size,
-        batches=opts.batches, seed=opts.seed,
+        batches=opts.batches, seed=opts.seed, model=loaded.model,
     )
+    stream = open_stream()
     state = run_batches(loaded.model, stream.batches(), blocks_pattern=opts.blocks,
-                        device=opts.device or "cpu", progress=progress)
-    return finalize(loaded.model, state, thresholds, loaded.info, stream.info())
+                        device=placement.device, progress=progress)
+    effects = None
+    if opts.effect:
+        from coordatt_diag.effect import effect_of_inputs
+
+        effects = effect_of_inputs(loaded.model, state.blocks, open_stream, stream.info(),
+                                   labels=labels, limited=opts.batches is not None,
+                                   device=placement.device, progress=effect_progress)
+    return finalize(loaded.model, state, thresholds, loaded.info, stream.info(), effects=effects)
+
+
+def _effect_labels(opts: InspectOptions) -> torch.Tensor | None:
+    """The --labels file, read before anything runs (so a bad file fails fast)."""
+    if opts.labels is None:
+        return None
+    if not opts.effect:
+        raise UsageError("--labels is used by the mask effect: add --effect")
+    from coordatt_diag.effect import load_labels
+
+    return load_labels(opts.labels)

@@ -30,7 +30,8 @@ app = typer.Typer(
 T = TypeVar("T")
 
 # Shared options (the same spelling and help in every command that takes them).
-CheckpointArg = Annotated[Path, typer.Argument(help="Checkpoint file (.pt, .pth, .ckpt).",
+CheckpointArg = Annotated[Path, typer.Argument(help="Checkpoint file (.pt, .pth, .ckpt, "
+                                               ".safetensors).",
                                                show_default=False)]
 TrustOpt = Annotated[bool, typer.Option(
     "--trust", help="Load with full pickle (runs code from the file). Only for files you trust.")]
@@ -48,8 +49,10 @@ TensorsOpt = Annotated[Path | None, typer.Option(
     "--tensors", help=".pt file with a tensor (N,C,H,W) or a list of them, or a .npy array.")]
 SyntheticOpt = Annotated[bool, typer.Option(
     "--synthetic", help="Standard-normal inputs (the default when no input is named).")]
-ImgszOpt = Annotated[int, typer.Option("--imgsz", help="Image side after resizing (and of "
-                                       "synthetic inputs).")]
+ImgszOpt = Annotated[int | None, typer.Option(
+    "--imgsz", help="Image side after resizing (and of synthetic inputs); default 224, 640 for "
+    "YOLO models (letterboxed, rounded up to a multiple of the model's stride).",
+    show_default=False)]
 NormalizeOpt = Annotated[str, typer.Option("--normalize", help="Image scaling: unit ([0,1]) or "
                                            "imagenet.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Samples per batch.")]
@@ -64,8 +67,21 @@ ConfigOpt = Annotated[Path | None, typer.Option(
 )]
 JsonOpt = Annotated[str | None, typer.Option(
     "--json", help="Write the JSON report to this file ('-': stdout, and nothing else there).")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu (default), cuda, cuda:N.")]
+DeviceOpt = Annotated[str | None, typer.Option(
+    "--device", help="cpu, cuda, cuda:N or auto (default: auto, CUDA when torch sees a GPU; under "
+    "torchrun the local rank's GPU).")]
+HalfOpt = Annotated[bool, typer.Option(
+    "--half", help="Run the model in half precision (CUDA only); statistics stay float32.")]
+HalfDtypeOpt = Annotated[str, typer.Option(
+    "--half-dtype", help="The half precision of --half: float16 or bfloat16.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")]
+EffectOpt = Annotated[bool, typer.Option(
+    "--effect", help="Also measure each block's mask effect: run the inputs again with the "
+    "block's masks replaced by their positional mean and by a constant, and report how much the "
+    "output changes. Costs 1 + 2 x blocks extra forward passes per batch; --blocks limits it.")]
+LabelsOpt = Annotated[Path | None, typer.Option(
+    "--labels", help="With --effect: .pt or .npy file of integer class indices, one per input "
+    "sample in --tensors / --images order, for the accuracy drop.")]
 
 
 def _version(value: bool) -> None:
@@ -128,8 +144,30 @@ class _ProgressBar:
         if self.bar is not None:
             self.bar.update(self.task, completed=done)
 
+    def stage(self, label: str) -> Callable[[int], None]:
+        """Progress of a later pass, a second line of the same bar, shown from its first call."""
+        task: list[Any] = []
+
+        def update(done: int) -> None:
+            if self.bar is None:
+                return
+            if not task:
+                task.append(self.bar.add_task(label, total=None))
+            self.bar.update(task[0], completed=done)
+
+        return update
+
+
+def _writer() -> bool:
+    """False on ranks > 0 of a torchrun run: only rank 0 prints and writes."""
+    from coordatt_diag.distributed import is_writer
+
+    return is_writer()
+
 
 def _emit_report(report: Any, json_out: str | None) -> None:
+    if not _writer():
+        return
     from coordatt_diag.reports.json_report import report_json, write_report
     from coordatt_diag.reports.terminal import make_console, render
 
@@ -163,7 +201,7 @@ def inspect(
     images: ImagesOpt = None,
     tensors: TensorsOpt = None,
     synthetic: SyntheticOpt = False,
-    imgsz: ImgszOpt = 224,
+    imgsz: ImgszOpt = None,
     normalize: NormalizeOpt = "unit",
     batch_size: BatchSizeOpt = 8,
     batches: BatchesOpt = None,
@@ -172,11 +210,17 @@ def inspect(
     config: ConfigOpt = None,
     json_out: JsonOpt = None,
     device: DeviceOpt = None,
+    half: HalfOpt = False,
+    half_dtype: HalfDtypeOpt = "float16",
+    effect: EffectOpt = False,
+    labels: LabelsOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Find every attention block, stream its mask statistics over the inputs, judge its health.
 
     Example: coordatt-diag inspect runs/exp/weights/last.pt --images samples/ --trust
+
+    With --effect the inputs are run once more, plus two forward passes per block and batch.
     """
 
     def body() -> None:
@@ -186,10 +230,12 @@ def inspect(
             trust=trust, model=model, model_args=model_args, imports=imports, paths=path,
             images=images, tensors=tensors, synthetic=synthetic, imgsz=imgsz,
             normalize=normalize, batch_size=batch_size, batches=batches, seed=seed,
-            blocks=blocks, config=config, device=device,
+            blocks=blocks, config=config, device=device, half=half, half_dtype=half_dtype,
+            effect=effect, labels=labels,
         )
         with _ProgressBar(batches, "inspect") as bar:
-            report = inspect_checkpoint(checkpoint, opts, progress=bar)
+            report = inspect_checkpoint(checkpoint, opts, progress=bar,
+                                        effect_progress=bar.stage("mask effect"))
         _emit_report(report, json_out)
 
     _guard(debug, body)
@@ -198,7 +244,8 @@ def inspect(
 # --- check, trend, compare (issue #7): the CI gate, trends across checkpoints, A/B comparison ---
 
 CheckpointsArg = Annotated[list[Path], typer.Argument(
-    help="Checkpoint files (.pt, .pth, .ckpt); glob patterns are expanded.", show_default=False)]
+    help="Checkpoint files (.pt, .pth, .ckpt, .safetensors); glob patterns are expanded.",
+    show_default=False)]
 FailOnOpt = Annotated[str, typer.Option(
     "--fail-on", help="Least severe finding that fails the check: info, warn or fail.")]
 BaselineOpt = Annotated[Path | None, typer.Option(
@@ -231,7 +278,7 @@ def check(
     images: ImagesOpt = None,
     tensors: TensorsOpt = None,
     synthetic: SyntheticOpt = False,
-    imgsz: ImgszOpt = 224,
+    imgsz: ImgszOpt = None,
     normalize: NormalizeOpt = "unit",
     batch_size: BatchSizeOpt = 8,
     batches: BatchesOpt = None,
@@ -246,6 +293,8 @@ def check(
     junit: JunitOpt = None,
     json_out: JsonOpt = None,
     device: DeviceOpt = None,
+    half: HalfOpt = False,
+    half_dtype: HalfDtypeOpt = "float16",
     debug: DebugOpt = False,
 ) -> None:
     """Health gate for CI: exit 1 when a finding is at or above --fail-on (0 when healthy).
@@ -266,12 +315,13 @@ def check(
             trust=trust, model=model, model_args=model_args, imports=imports, paths=path,
             images=images, tensors=tensors, synthetic=synthetic, imgsz=imgsz,
             normalize=normalize, batch_size=batch_size, batches=batches, seed=seed,
-            blocks=blocks, config=config, device=device,
+            blocks=blocks, config=config, device=device, half=half, half_dtype=half_dtype,
         )
         with _ProgressBar(None, "check") as bar:
             result = check_checkpoints(checkpoints, opts, fail_on=fail_on, baseline=baseline,
                                        baseline_options=tolerances, progress=bar)
-        emit_check(result, json_out=json_out, junit=junit, write_baseline=write_baseline)
+        if _writer():
+            emit_check(result, json_out=json_out, junit=junit, write_baseline=write_baseline)
         if not result.healthy:
             raise typer.Exit(EXIT_UNHEALTHY)
 
@@ -289,7 +339,7 @@ def trend(
     images: ImagesOpt = None,
     tensors: TensorsOpt = None,
     synthetic: SyntheticOpt = False,
-    imgsz: ImgszOpt = 224,
+    imgsz: ImgszOpt = None,
     normalize: NormalizeOpt = "unit",
     batch_size: BatchSizeOpt = 8,
     batches: BatchesOpt = None,
@@ -299,6 +349,8 @@ def trend(
     out: OutDirOpt = None,
     json_out: JsonOpt = None,
     device: DeviceOpt = None,
+    half: HalfOpt = False,
+    half_dtype: HalfDtypeOpt = "float16",
     debug: DebugOpt = False,
 ) -> None:
     """Mask std, positional std and std ratio of every block across checkpoints, in epoch order.
@@ -314,11 +366,12 @@ def trend(
             trust=trust, model=model, model_args=model_args, imports=imports, paths=path,
             images=images, tensors=tensors, synthetic=synthetic, imgsz=imgsz,
             normalize=normalize, batch_size=batch_size, batches=batches, seed=seed,
-            blocks=blocks, config=config, device=device,
+            blocks=blocks, config=config, device=device, half=half, half_dtype=half_dtype,
         )
         with _ProgressBar(None, "trend") as bar:
             result = trend_checkpoints(checkpoints, opts, progress=bar)
-        emit_trend(result, json_out=json_out, out_dir=out)
+        if _writer():
+            emit_trend(result, json_out=json_out, out_dir=out)
 
     _guard(debug, body)
 
@@ -335,7 +388,7 @@ def compare(
     images: ImagesOpt = None,
     tensors: TensorsOpt = None,
     synthetic: SyntheticOpt = False,
-    imgsz: ImgszOpt = 224,
+    imgsz: ImgszOpt = None,
     normalize: NormalizeOpt = "unit",
     batch_size: BatchSizeOpt = 8,
     batches: BatchesOpt = None,
@@ -344,6 +397,8 @@ def compare(
     config: ConfigOpt = None,
     json_out: JsonOpt = None,
     device: DeviceOpt = None,
+    half: HalfOpt = False,
+    half_dtype: HalfDtypeOpt = "float16",
     debug: DebugOpt = False,
 ) -> None:
     """Two checkpoints (or report JSONs) side by side: each block's change, findings new and gone.
@@ -359,11 +414,12 @@ def compare(
             trust=trust, model=model, model_args=model_args, imports=imports, paths=path,
             images=images, tensors=tensors, synthetic=synthetic, imgsz=imgsz,
             normalize=normalize, batch_size=batch_size, batches=batches, seed=seed,
-            blocks=blocks, config=config, device=device,
+            blocks=blocks, config=config, device=device, half=half, half_dtype=half_dtype,
         )
         with _ProgressBar(None, "compare") as bar:
             result = compare_sources(a, b, opts, progress=bar)
-        emit_compare(result, json_out=json_out)
+        if _writer():
+            emit_compare(result, json_out=json_out)
 
     _guard(debug, body)
 
@@ -371,7 +427,8 @@ def compare(
 # --- report (issue #6): a folder with a self-contained HTML page, Markdown and plots ---
 
 ReportSourceArg = Annotated[Path | None, typer.Argument(
-    help="Checkpoint file (.pt, .pth, .ckpt); leave it out with --from-json.", show_default=False)]
+    help="Checkpoint file (.pt, .pth, .ckpt, .safetensors); leave it out with --from-json.",
+    show_default=False)]
 ReportOutOpt = Annotated[Path, typer.Option(
     "--out", help="Folder to write (index.html, report.md, report.json, plots/).",
     show_default=False)]
@@ -401,7 +458,7 @@ def report(
     images: ImagesOpt = None,
     tensors: TensorsOpt = None,
     synthetic: SyntheticOpt = False,
-    imgsz: ImgszOpt = 224,
+    imgsz: ImgszOpt = None,
     normalize: NormalizeOpt = "unit",
     batch_size: BatchSizeOpt = 8,
     batches: BatchesOpt = None,
@@ -409,6 +466,8 @@ def report(
     blocks: BlocksOpt = None,
     config: ConfigOpt = None,
     device: DeviceOpt = None,
+    half: HalfOpt = False,
+    half_dtype: HalfDtypeOpt = "float16",
     debug: DebugOpt = False,
 ) -> None:
     """Write a report folder: index.html (self-contained), report.md, report.json and plots.
@@ -423,11 +482,13 @@ def report(
             trust=trust, model=model, model_args=model_args, imports=imports, paths=path,
             images=images, tensors=tensors, synthetic=synthetic, imgsz=imgsz,
             normalize=normalize, batch_size=batch_size, batches=batches, seed=seed,
-            blocks=blocks, config=config, device=device,
+            blocks=blocks, config=config, device=device, half=half, half_dtype=half_dtype,
         )
         with _ProgressBar(batches, "report") as bar:
             folder = make_report(out, checkpoint, opts, from_json=from_json, overlays=overlays,
                                  fmt=fmt, force=force, progress=bar)
+        if folder is None:
+            return
         s = folder.report.summary
         plots = sum(f.startswith("plots/") for f in folder.files)
         typer.echo(f"wrote {folder.index} (and report.md, report.json, {plots} plots): "

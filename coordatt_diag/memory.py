@@ -120,8 +120,7 @@ def _cgroup_free() -> int | None:
 def available_bytes(device: torch.device) -> int | None:
     """Free memory on `device` now (None when it cannot be told)."""
     if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
+        return int(torch.cuda.mem_get_info(device)[0])
     if device.type != "cpu":
         return None
     free: int | None = None

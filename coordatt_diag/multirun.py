@@ -153,7 +153,7 @@ def inspect_checkpoints(
     Raises:
         UsageError, CheckpointError, InputError: as `inspect_checkpoint`.
     """
-    from coordatt_diag.analysis import InspectOptions, finalize, run_batches
+    from coordatt_diag.analysis import InspectOptions, finalize, place_model, run_batches
     from coordatt_diag.checkpoint import add_import_paths, load_model
     from coordatt_diag.inputs import input_channels, open_inputs
     from coordatt_diag.thresholds import load_thresholds
@@ -180,23 +180,24 @@ def inspect_checkpoints(
                 on_checkpoint(i, path)
             loaded = load_model(path, trust=opts.trust, factory=opts.model,
                                 factory_args=opts.model_args)
+            placement = place_model(loaded.model, opts.device, opts.half, opts.half_dtype)
             if info is None:
                 stream = open_inputs(
                     images=opts.images, tensors=opts.tensors,
                     channels=input_channels(loaded.model), imgsz=opts.imgsz,
                     normalize=opts.normalize, batch_size=opts.batch_size,
-                    batches=opts.batches, seed=opts.seed,
+                    batches=opts.batches, seed=opts.seed, model=loaded.model,
                 )
                 if len(paths) == 1:
                     batches: Iterable[torch.Tensor] = stream.batches()
                 else:
                     batches = cache.fill(stream.batches())
                 state = run_batches(loaded.model, batches, blocks_pattern=opts.blocks,
-                                    device=opts.device or "cpu", progress=count)
+                                    device=placement.device, progress=count)
                 info = stream.info()
             else:
                 state = run_batches(loaded.model, cache, blocks_pattern=opts.blocks,
-                                    device=opts.device or "cpu", progress=count)
+                                    device=placement.device, progress=count)
             reports.append(finalize(loaded.model, state, thresholds, loaded.info, info))
             del loaded, state
     return reports

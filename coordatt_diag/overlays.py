@@ -141,13 +141,14 @@ def collect_overlays(model: nn.Module, blocks: list[BlockSpec], samples: torch.T
     """
     import torch
 
+    from coordatt_diag.analysis import model_dtype
     from coordatt_diag.capture import MaskCapture
 
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     collector = OverlayCollector()
     with torch.inference_mode(), MaskCapture(model, blocks, collector.on_block):
-        model(samples.to(device))
+        model(samples.to(device, dtype=model_dtype(model)))
     return collector.blocks
 
 
@@ -235,7 +236,13 @@ def inspect_with_overlays(
     Returns:
         The report, and the overlays (None when `overlays` is 0).
     """
-    from coordatt_diag.analysis import InspectOptions, finalize, inspect_checkpoint, run_batches
+    from coordatt_diag.analysis import (
+        InspectOptions,
+        finalize,
+        inspect_checkpoint,
+        place_model,
+        run_batches,
+    )
 
     if overlays < 0:
         raise UsageError("--overlays must be 0 or more")
@@ -257,13 +264,14 @@ def inspect_with_overlays(
                 f"--blocks {opts.blocks!r} is not a valid regular expression: {exc}") from exc
     add_import_paths(list(opts.paths), list(opts.imports))
     loaded = load_model(path, trust=opts.trust, factory=opts.model, factory_args=opts.model_args)
+    placement = place_model(loaded.model, opts.device, opts.half, opts.half_dtype)
     stream = open_inputs(
         images=opts.images, tensors=opts.tensors, channels=input_channels(loaded.model),
         imgsz=opts.imgsz, normalize=opts.normalize, batch_size=opts.batch_size,
-        batches=opts.batches, seed=opts.seed,
+        batches=opts.batches, seed=opts.seed, model=loaded.model,
     )
     first = _FirstSamples(stream.batches(), overlays)
-    device = opts.device or "cpu"
+    device = placement.device
     state = run_batches(loaded.model, first, blocks_pattern=opts.blocks, device=device,
                         progress=progress)
     report = finalize(loaded.model, state, thresholds, loaded.info, stream.info())

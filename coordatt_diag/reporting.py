@@ -77,7 +77,7 @@ def make_report(
     fmt: str = "png",
     force: bool = False,
     progress: Progress | None = None,
-) -> ReportFolder:
+) -> ReportFolder | None:
     """Analyse `checkpoint` as `inspect` does (or read `from_json`) and write the report folder.
 
     Args:
@@ -91,13 +91,14 @@ def make_report(
         progress: called with the number of batches done.
 
     Returns:
-        The written folder.
+        The written folder; None on ranks > 0 of a torchrun run, where rank 0 writes.
 
     Raises:
         UsageError: bad options or `out` (checked before the model runs).
         DiagError: the errors of `inspect` (checkpoint, inputs, no blocks).
     """
     from coordatt_diag.analysis import InspectOptions
+    from coordatt_diag.distributed import is_writer
     from coordatt_diag.overlays import inspect_with_overlays
     from coordatt_diag.reports.folder import check_out_dir, write_report_folder
     from coordatt_diag.reports.plots import FORMATS
@@ -121,4 +122,6 @@ def make_report(
                                    no_overlays_reason=FROM_JSON_NOTE)
     assert checkpoint is not None
     report, shown = inspect_with_overlays(checkpoint, opts, overlays, progress)
+    if not is_writer():
+        return None
     return write_report_folder(report, out, shown, fmt=fmt, force=force)

@@ -116,6 +116,41 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class Ablation:
+    """What replacing a block's masks did to the model output (`coordatt_diag.effect`).
+
+    Attributes:
+        rel_l2: relative L2 change of the output, sqrt(sum ||out' - out||^2 / sum ||out||^2)
+            over all samples.
+        top1_agreement: share of samples whose top-1 class is unchanged (2-D outputs), else None.
+        accuracy_drop: accuracy without the replacement minus accuracy with it (labels given),
+            else None.
+    """
+
+    rel_l2: float
+    top1_agreement: float | None
+    accuracy_drop: float | None
+
+
+@dataclass(frozen=True)
+class MaskEffect:
+    """A block's mask effect (`inspect --effect`).
+
+    Attributes:
+        positional: each mask replaced by its mean over positions for each sample and channel;
+            None when the block has no positional mask (SE).
+        constant: each mask replaced by its overall mean over the batch (a constant scale).
+        accuracy: the model's accuracy on the labelled inputs without replacement, else None.
+        samples: number of samples it was measured on.
+    """
+
+    positional: Ablation | None
+    constant: Ablation
+    accuracy: float | None
+    samples: int
+
+
+@dataclass(frozen=True)
 class BlockReport:
     """One attention block.
 
@@ -134,6 +169,7 @@ class BlockReport:
         status: "ok", "warn" or "fail": the most severe of its findings.
         findings: the block's findings.
         extra: family-specific statistics (e.g. a seed block's monitor, router and clamps).
+        effect: how much the output changes when the masks are replaced (`--effect`), else None.
     """
 
     name: str
@@ -148,6 +184,7 @@ class BlockReport:
     status: str = "ok"
     findings: list[Finding] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    effect: MaskEffect | None = None
 
 
 @dataclass(frozen=True)
@@ -160,7 +197,10 @@ class CheckpointInfo:
         format: "module", "dict:ema", "dict:model", "state_dict", "ultralytics", "lightning",
             "safetensors" or "in-memory".
         epoch: the epoch the file records, if it does.
-        extra: other facts the file records (e.g. Ultralytics `train_args`, `date`, `version`).
+        extra: other facts the file records (e.g. Ultralytics `train_args`, `date`, `version`;
+            Lightning `global_step`, `hyper_parameters`; safetensors `metadata`), plus
+            `model_key` ("model" or "ema": the entry of an Ultralytics file that held the model)
+            and `stride` (a YOLO model's largest stride).
     """
 
     path: str | None
@@ -214,7 +254,7 @@ class Report:
 
     Attributes:
         schema: "coordatt-diag/report@1".
-        tool: {"name", "version", "torch"}.
+        tool: {"name", "version", "torch", "device", "dtype", "processes"}.
         checkpoint: where the model came from.
         inputs: what was fed to it.
         blocks: the attention blocks in model order.
@@ -224,7 +264,7 @@ class Report:
     """
 
     schema: str
-    tool: dict[str, str]
+    tool: dict[str, Any]
     checkpoint: CheckpointInfo
     inputs: InputsInfo
     blocks: list[BlockReport]
@@ -271,11 +311,25 @@ def _mask_from_dict(data: dict[str, Any]) -> MaskStats:
     return MaskStats(**d)
 
 
+def _ablation(data: dict[str, Any] | None) -> Ablation | None:
+    return None if data is None else Ablation(**data)
+
+
+def _effect_from_dict(data: dict[str, Any] | None) -> MaskEffect | None:
+    if data is None:
+        return None
+    d = dict(data)
+    d["positional"] = _ablation(d.get("positional"))
+    d["constant"] = _ablation(d["constant"])
+    return MaskEffect(**d)
+
+
 def _block_from_dict(data: dict[str, Any]) -> BlockReport:
     d = dict(data)
     d["masks"] = {k: _mask_from_dict(v) for k, v in d["masks"].items()}
     d["std_ratio"] = None if d.get("std_ratio") is None else StdRatio(**d["std_ratio"])
     d["findings"] = [Finding(**f) for f in d.get("findings", [])]
+    d["effect"] = _effect_from_dict(d.get("effect"))
     return BlockReport(**d)
 
 

@@ -219,14 +219,14 @@ class MaskAccumulator:
         reference = self._folded or (self._pending[0] if self._pending else None)
         if reference is None:
             if part.sum_h is not None and part.sum_w is not None:
-                # copies: they are added to in place
                 self._sum_h = part.sum_h.to(_F64, copy=True)
                 self._sum_w = part.sum_w.to(_F64, copy=True)
         elif part.shape != reference.shape or part.sum_h is None or part.sum_w is None:
             self.shape_varied = True
         if not self.shape_varied and reference is not None and self._sum_h is not None:
-            self._sum_h.add_(part.sum_h)  # type: ignore[arg-type]
-            self._sum_w.add_(part.sum_w)  # type: ignore[union-attr,arg-type]
+            # out of place: a state may mix inference tensors (from a run) and normal ones
+            self._sum_h = self._sum_h + part.sum_h  # type: ignore[operator]
+            self._sum_w = self._sum_w + part.sum_w  # type: ignore[operator]
         part.sum_h = part.sum_w = None
         self._pending.append(part)
         if len(self._pending) >= FOLD_EVERY:

@@ -48,9 +48,13 @@ class Thresholds:
         router_lock_share: a router's mean share of one branch at or above this: locked (warn).
         clamp_pinned_share: share of scale values at a clamp bound above this: pinned (warn).
         alpha_off: a blending alpha below this: the block switched itself off (warn).
-        untrained_head_std: head weights with std within this factor of the 0.01 init ...
-        untrained_head_tolerance: ... (|std/0.01 - 1| below this) make a near-constant mask
-            "untrained", not "collapsed".
+        untrained_head_std: the init std of seed 001 heads (0.01); heads whose weight std is
+            within `untrained_head_tolerance` of their init std (this, or PyTorch's default init
+            for seed 000 `conv_h` / `conv_w`) ...
+        untrained_head_tolerance: ... (|std/init - 1| below this) make a near-constant mask
+            "untrained", not "collapsed" (0 disables it).
+        dead_weight_effect: replacing a block's masks by a constant (`--effect`) changes the
+            model output by less than this (relative L2): the block is dead weight (warn).
     """
 
     near_constant_warn: float = 0.03
@@ -70,6 +74,7 @@ class Thresholds:
     alpha_off: float = 0.05
     untrained_head_std: float = 0.01
     untrained_head_tolerance: float = 0.5
+    dead_weight_effect: float = 0.01
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)

@@ -193,3 +193,13 @@ def test_cuda_statistics_equal_cpu() -> None:
     assert a.hist == b.hist and a.count == b.count
     assert a.std == pytest.approx(b.std, rel=1e-5)
     assert a.pos_std == pytest.approx(b.pos_std, rel=1e-5)
+
+
+def test_states_of_inference_runs_merge_outside_inference_mode() -> None:
+    a, b = BlockAccumulator.empty(), BlockAccumulator.empty()
+    x = torch.randn(2, 3, 4, 4)
+    with torch.inference_mode():
+        a.update(x, x, {"a_h": _mask(1, (2, 3, 4, 1))})
+        b.update(x, x, {"a_h": _mask(2, (2, 3, 4, 1))})
+    a.merge(b)
+    assert a.masks["a_h"].finalize().count == 2 * 2 * 3 * 4

@@ -26,6 +26,7 @@ from coordatt_diag.reports.layout import (
     smallest_std,
     std_ratio,
 )
+from coordatt_diag.reports.monitor_lines import monitor_lines
 from coordatt_diag.reports.plots import Plot, PlotSet
 from coordatt_diag.results import BlockReport, Finding, Report, display_name
 
@@ -191,6 +192,11 @@ def _block_section(i: int, b: BlockReport, plots: list[Plot]) -> list[str]:
         out.append("</tbody></table></div>")
     else:
         out.append('<p class="note">no mask values were captured for this block</p>')
+    monitor = monitor_lines(b)
+    if monitor:
+        out.append('<ul class="monitor">' + "".join(
+            f"<li>monitor <code>{_e(part or '(block)')}</code>: {_e(line)}</li>"
+            for part, line in monitor) + "</ul>")
     if b.findings:
         out.append('<ul class="findings">')
         out += [_finding_item(f) for f in b.findings]

@@ -21,6 +21,7 @@ from coordatt_diag.reports.layout import (
     smallest_std,
     std_ratio,
 )
+from coordatt_diag.reports.monitor_lines import monitor_lines
 from coordatt_diag.reports.plots import Plot, PlotSet
 from coordatt_diag.results import BlockReport, Finding, Report, display_name
 
@@ -93,6 +94,10 @@ def _block(i: int, b: BlockReport, plots: list[Plot], folder: str) -> list[str]:
         rows = [[md_escape(c) for c in mask_row(b, name)] for name in b.masks]
         out += _table(list(MASK_COLUMNS), rows, right=set(range(1, len(MASK_COLUMNS))))
         out.append("")
+    monitor = monitor_lines(b)
+    if monitor:
+        out += [f"- monitor {_code(part or '(block)')}: {md_escape(line)}"
+                for part, line in monitor] + [""]
     if b.findings:
         out += [_finding(f) for f in b.findings]
     else:

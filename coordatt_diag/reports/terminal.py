@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from coordatt_diag.reports.monitor_lines import monitor_lines
 from coordatt_diag.results import MaskStats, Report, display_name
 
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "info": "cyan"}
@@ -66,6 +67,55 @@ def blocks_table(report: Report, plain: bool) -> Table:
     return table
 
 
+def effect_table(report: Report, plain: bool) -> Table | None:
+    """The mask effect of each block (`--effect`), or None when it was not measured."""
+    measured = [b for b in report.blocks if b.effect is not None]
+    if not measured:
+        return None
+    table = Table(box=box.ASCII2 if plain else box.SIMPLE_HEAVY, header_style="bold",
+                  pad_edge=False, title="Mask effect: output change with the masks replaced",
+                  title_justify="left")
+    table.add_column("block", no_wrap=True)
+    table.add_column("masks replaced by")
+    table.add_column("output change", justify="right")
+    table.add_column("top-1 same", justify="right")
+    table.add_column("accuracy drop", justify="right")
+    for b in measured:
+        effect = b.effect
+        assert effect is not None
+        rows = (("positional mean", effect.positional), ("constant", effect.constant))
+        first = True
+        for label, ab in rows:
+            if ab is None:
+                continue
+            table.add_row(
+                Text(display_name(b.name)) if first else Text(""), label,
+                "-" if ab.rel_l2 is None else f"{ab.rel_l2:.1%}",
+                "-" if ab.top1_agreement is None else f"{ab.top1_agreement:.1%}",
+                "-" if ab.accuracy_drop is None else f"{ab.accuracy_drop:+.1%}",
+            )
+            first = False
+    return table
+
+
+def monitor_table(report: Report, plain: bool) -> Table | None:
+    """What the seed blocks expose (`extra["monitor"]`), a row per part, or None without any."""
+    rows = [(b, part, line) for b in report.blocks for part, line in monitor_lines(b)]
+    if not rows:
+        return None
+    table = Table(box=box.ASCII2 if plain else box.SIMPLE_HEAVY, header_style="bold",
+                  pad_edge=False, title="Seed block monitor", title_justify="left")
+    table.add_column("block", no_wrap=True)
+    table.add_column("part", no_wrap=True)
+    table.add_column("values")
+    last = None
+    for b, part, line in rows:
+        table.add_row(Text(display_name(b.name)) if b is not last else Text(""),
+                      Text(part or "(block)"), Text(line))
+        last = b
+    return table
+
+
 def render(report: Report, console: Console) -> None:
     """Print the table, the findings and a summary line."""
     plain = console.no_color
@@ -76,6 +126,12 @@ def render(report: Report, console: Console) -> None:
                        f"{inp.samples} samples from {inp.source}"
                        + (f" ({inp.skipped} unreadable skipped)" if inp.skipped else "")))
     console.print(blocks_table(report, plain))
+    monitor = monitor_table(report, plain)
+    if monitor is not None:
+        console.print(monitor)
+    effects = effect_table(report, plain)
+    if effects is not None:
+        console.print(effects)
     findings = [f for b in report.blocks for f in b.findings] + list(report.findings)
     if findings:
         console.print(Text("Findings", style="bold"))
