@@ -468,11 +468,15 @@ def report(
     device: DeviceOpt = None,
     half: HalfOpt = False,
     half_dtype: HalfDtypeOpt = "float16",
+    effect: EffectOpt = False,
+    labels: LabelsOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Write a report folder: index.html (self-contained), report.md, report.json and plots.
 
     Example: coordatt-diag report runs/exp/weights/best.pt --images samples/ --trust --out diag/
+
+    With --effect the pages get a mask-effect table (the inputs are run once more, as in inspect).
     """
 
     def body() -> None:
@@ -483,10 +487,12 @@ def report(
             images=images, tensors=tensors, synthetic=synthetic, imgsz=imgsz,
             normalize=normalize, batch_size=batch_size, batches=batches, seed=seed,
             blocks=blocks, config=config, device=device, half=half, half_dtype=half_dtype,
+            effect=effect, labels=labels,
         )
         with _ProgressBar(batches, "report") as bar:
             folder = make_report(out, checkpoint, opts, from_json=from_json, overlays=overlays,
-                                 fmt=fmt, force=force, progress=bar)
+                                 fmt=fmt, force=force, progress=bar,
+                                 effect_progress=bar.stage("mask effect"))
         if folder is None:
             return
         s = folder.report.summary

@@ -17,6 +17,9 @@ output); for a classifier (a 2-D output) also the share of samples whose top-1 c
 and the accuracy drop when labels are given.
 
 Cost: one plain forward per batch, plus one forward per block and replacement (two per block).
+Under torchrun the batches are shared out as in the statistics pass (batch i on rank i mod N,
+`coordatt_diag.distributed`); every batch is ablated whole, so the per-block sums of the ranks
+add up to those of one process and every rank gets the same effect.
 
 Example:
     >>> specs = find_blocks(model, x[:2])
@@ -30,7 +33,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +42,9 @@ from torch import nn
 from coordatt_diag.capture import BlockCall, BlockSpec, MaskCapture
 from coordatt_diag.errors import InputError
 from coordatt_diag.results import Ablation, InputsInfo, MaskEffect
+
+if TYPE_CHECKING:
+    from coordatt_diag.distributed import Group
 
 #: The replacements, in report order.
 MODES = ("positional", "constant")
@@ -123,6 +129,36 @@ class _Tally:
             accuracy_drop=(base_correct - self.correct) / labelled if labelled else None,
         )
 
+    def merge(self, other: _Tally) -> None:
+        self.diff_sq += other.diff_sq
+        self.base_sq += other.base_sq
+        self.agree += other.agree
+        self.correct += other.correct
+        self.batches += other.batches
+
+
+@dataclass
+class _Sums:
+    """Everything the effect pass adds up over its batches; two shards' sums merge by adding."""
+
+    tallies: dict[tuple[str, str], _Tally]
+    failed: set[str] = field(default_factory=set)  # blocks whose masks were not all replaced
+    unsupported: set[str] = field(default_factory=set)  # positional layout unknown
+    samples: int = 0
+    classified: int = 0
+    labelled: int = 0
+    base_correct: int = 0
+
+    def merge(self, other: _Sums) -> None:
+        for key, tally in other.tallies.items():
+            self.tallies[key].merge(tally)
+        self.failed |= other.failed
+        self.unsupported |= other.unsupported
+        self.samples += other.samples
+        self.classified += other.classified
+        self.labelled += other.labelled
+        self.base_correct += other.base_correct
+
 
 @dataclass
 class _BlockRun:
@@ -206,10 +242,10 @@ def measure_effect(
     Raises:
         InputError: the labels do not fit the batches or the model output, or there is no batch.
     """
-    from coordatt_diag.analysis import _forward, _model_device, preserved_mode
+    from coordatt_diag import distributed
+    from coordatt_diag.analysis import _model_device
 
     dev = torch.device(device) if device is not None else _model_device(model)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     runs: dict[str, _BlockRun] = {}
     for spec in specs:
         if not spec.mask_gates or len(spec.mask_gates) != len(spec.masks):
@@ -217,19 +253,66 @@ def measure_effect(
         kinds = dict(zip(spec.mask_gates, spec.masks, strict=True))
         positional = any(k.split("#")[0] != "channel" for k in spec.masks)
         runs[spec.name] = _BlockRun(spec, kinds, positional)
-    tallies = {(name, mode): _Tally() for name in runs for mode in MODES}
-    failed: set[str] = set()
-    samples = classified = labelled = base_correct = 0
+    sums = _Sums(tallies={(name, mode): _Tally() for name in runs for mode in MODES})
+    # under torchrun each rank runs its share of the batches (as `analysis.run_batches` does)
+    # and the sums are merged; an error on one rank travels in the same collective
+    shard = distributed.group(dev)
+    error: tuple[str, str, int] | None = None
+    try:
+        _run_batches(model, runs, sums, batches, labels, dev, shard, progress)
+    except Exception as exc:
+        if shard is None:
+            raise
+        error = distributed.error_payload(exc)
+    if shard is not None:
+        gathered = distributed.all_gather((None if error is not None else sums, error))
+        distributed.raise_first_error([err for _, err in gathered])
+        sums = gathered[0][0]
+        for other, _ in gathered[1:]:
+            sums.merge(other)
+    samples, classified, labelled, base_correct = (sums.samples, sums.classified, sums.labelled,
+                                                   sums.base_correct)
+    tallies, failed = sums.tallies, sums.failed
+    if samples == 0:
+        raise InputError("no input batch to run")
+    effects: dict[str, MaskEffect | None] = {}
+    for spec in specs:
+        measured = runs.get(spec.name)
+        if measured is None or spec.name in failed:
+            effects[spec.name] = None
+            continue
+        pos = None
+        if measured.positional and spec.name not in sums.unsupported:
+            pos = tallies[(spec.name, "positional")].ablation(samples, classified, labelled,
+                                                               base_correct)
+        effects[spec.name] = MaskEffect(
+            positional=pos,
+            constant=tallies[(spec.name, "constant")].ablation(samples, classified, labelled,
+                                                                base_correct),
+            accuracy=base_correct / labelled if labelled else None,
+            samples=samples,
+        )
+    return effects
+
+
+def _run_batches(model: nn.Module, runs: dict[str, _BlockRun], sums: _Sums,
+                 batches: Iterable[torch.Tensor], labels: torch.Tensor | None, dev: torch.device,
+                 shard: Group | None, progress: Progress | None) -> None:
+    """Add this process's batches (all of them, or its shard under torchrun) to `sums`."""
+    from coordatt_diag.analysis import _forward, preserved_mode
+
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    tallies = sums.tallies
     offset = 0
-
-    def seen(call: BlockCall) -> None:  # masks are replaced, not collected
-        return None
-
+    done = 0
     with preserved_mode(model), torch.inference_mode():
-        for done, batch in enumerate(batches, start=1):
+        for index, batch in enumerate(batches):
+            n = int(batch.shape[0])
+            start, offset = offset, offset + n  # labels line up with every batch, run or not
+            if shard is not None and not shard.owns(index):
+                continue
             batch = batch.to(dev, dtype=dtype) if dtype is not None and batch.is_floating_point() \
                 else batch.to(dev)
-            n = int(batch.shape[0])
             base = _forward(model, batch)
             base_parts = _output_tensors(base)
             logits = _logits(base)
@@ -238,19 +321,18 @@ def measure_effect(
                 if logits is None:
                     raise InputError("--labels needs a classifier (a model whose output is 2-D "
                                      f"logits); this model returns {_describe(base)}")
-                if offset + n > labels.numel():
+                if offset > labels.numel():
                     raise InputError(f"--labels has {labels.numel()} labels but the inputs have "
                                      "more samples; give one label per sample, in input order")
-                y = labels[offset:offset + n].to(logits.device)
+                y = labels[start:offset].to(logits.device)
                 if int(y.max()) >= logits.shape[1]:
                     raise InputError(f"--labels holds class {int(y.max())} but the model has "
                                      f"{logits.shape[1]} outputs")
-                base_correct += int((logits.argmax(1) == y).sum())
-                labelled += n
-            offset += n
-            samples += n
+                sums.base_correct += int((logits.argmax(1) == y).sum())
+                sums.labelled += n
+            sums.samples += n
             if logits is not None:
-                classified += n
+                sums.classified += n
             base_sq = sum(float(t.double().pow(2).sum()) for t in base_parts)
             for name, run in runs.items():
                 for mode in MODES:
@@ -258,10 +340,10 @@ def measure_effect(
                         continue
                     run.mode = mode
                     run.replaced.clear()
-                    with MaskCapture(model, [run.spec], seen, replace=run.replace):
+                    with MaskCapture(model, [run.spec], _ignore, replace=run.replace):
                         out = _forward(model, batch)
                     if run.replaced != set(run.kinds):
-                        failed.add(name)
+                        sums.failed.add(name)
                         continue
                     parts = _output_tensors(out)
                     tally = tallies[(name, mode)]
@@ -274,28 +356,15 @@ def measure_effect(
                         tally.agree += int((out_logits.argmax(1) == logits.argmax(1)).sum())
                         if y is not None:
                             tally.correct += int((out_logits.argmax(1) == y).sum())
+                if run.unsupported:
+                    sums.unsupported.add(name)
+            done += 1
             if progress is not None:
                 progress(done)
-    if samples == 0:
-        raise InputError("no input batch to run")
-    effects: dict[str, MaskEffect | None] = {}
-    for spec in specs:
-        measured = runs.get(spec.name)
-        if measured is None or spec.name in failed:
-            effects[spec.name] = None
-            continue
-        pos = None
-        if measured.positional and not measured.unsupported:
-            pos = tallies[(spec.name, "positional")].ablation(samples, classified, labelled,
-                                                               base_correct)
-        effects[spec.name] = MaskEffect(
-            positional=pos,
-            constant=tallies[(spec.name, "constant")].ablation(samples, classified, labelled,
-                                                                base_correct),
-            accuracy=base_correct / labelled if labelled else None,
-            samples=samples,
-        )
-    return effects
+
+
+def _ignore(call: BlockCall) -> None:  # masks are replaced, not collected
+    return None
 
 
 def effect_of_inputs(

@@ -20,6 +20,7 @@ stretched per sample from their 1st to their 99th percentile.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -224,20 +225,23 @@ def inspect_with_overlays(
     options: InspectOptions | None = None,
     overlays: int = 4,
     progress: Progress | None = None,
+    effect_progress: Progress | None = None,
 ) -> tuple[Report, Overlays | None]:
     """`analysis.inspect_checkpoint` plus the overlay maps of the first `overlays` samples.
 
     Args:
         path: the checkpoint.
-        options: the `inspect` options.
+        options: the `inspect` options (with `effect`, the mask effect is measured as well).
         overlays: number of samples to show (0: no overlays, the run is exactly `inspect`'s).
         progress: called with the number of batches done.
+        effect_progress: called with the number of batches the mask effect has done.
 
     Returns:
         The report, and the overlays (None when `overlays` is 0).
     """
     from coordatt_diag.analysis import (
         InspectOptions,
+        _effect_labels,
         finalize,
         inspect_checkpoint,
         place_model,
@@ -248,7 +252,7 @@ def inspect_with_overlays(
         raise UsageError("--overlays must be 0 or more")
     opts = options or InspectOptions()
     if overlays == 0:
-        return inspect_checkpoint(path, opts, progress), None
+        return inspect_checkpoint(path, opts, progress, effect_progress), None
 
     # The same steps as `inspect_checkpoint`, keeping the model and the first samples.
     from coordatt_diag.checkpoint import add_import_paths, load_model
@@ -256,6 +260,7 @@ def inspect_with_overlays(
     from coordatt_diag.thresholds import load_thresholds
 
     thresholds = load_thresholds(opts.config)
+    labels = _effect_labels(opts)
     if opts.blocks is not None:
         try:
             re.compile(opts.blocks)
@@ -265,16 +270,26 @@ def inspect_with_overlays(
     add_import_paths(list(opts.paths), list(opts.imports))
     loaded = load_model(path, trust=opts.trust, factory=opts.model, factory_args=opts.model_args)
     placement = place_model(loaded.model, opts.device, opts.half, opts.half_dtype)
-    stream = open_inputs(
+    open_stream = functools.partial(
+        open_inputs,
         images=opts.images, tensors=opts.tensors, channels=input_channels(loaded.model),
         imgsz=opts.imgsz, normalize=opts.normalize, batch_size=opts.batch_size,
         batches=opts.batches, seed=opts.seed, model=loaded.model,
     )
+    stream = open_stream()
     first = _FirstSamples(stream.batches(), overlays)
     device = placement.device
     state = run_batches(loaded.model, first, blocks_pattern=opts.blocks, device=device,
                         progress=progress)
-    report = finalize(loaded.model, state, thresholds, loaded.info, stream.info())
+    effects = None
+    if opts.effect:
+        from coordatt_diag.effect import effect_of_inputs
+
+        effects = effect_of_inputs(loaded.model, state.blocks, open_stream, stream.info(),
+                                   labels=labels, limited=opts.batches is not None,
+                                   device=device, progress=effect_progress)
+    report = finalize(loaded.model, state, thresholds, loaded.info, stream.info(),
+                      effects=effects)
     samples = first.samples()
     if samples is None:
         return report, None

@@ -77,18 +77,21 @@ def make_report(
     fmt: str = "png",
     force: bool = False,
     progress: Progress | None = None,
+    effect_progress: Progress | None = None,
 ) -> ReportFolder | None:
     """Analyse `checkpoint` as `inspect` does (or read `from_json`) and write the report folder.
 
     Args:
         out: the folder to write (index.html, report.md, report.json, plots/).
         checkpoint: the checkpoint to analyse (exactly one of `checkpoint` and `from_json`).
-        options: the `inspect` options; with `from_json` only `blocks` is used.
+        options: the `inspect` options (`effect` and `labels` add the mask effect to the pages);
+            with `from_json` only `blocks` is used (a saved effect is shown as it is).
         from_json: a report JSON written by `inspect --json`, rendered as it is.
         overlays: number of sample images with mask overlays (0: none; none with `from_json`).
         fmt: figure format, "png" or "svg".
         force: replace `out` even if it holds something other than a previous report.
         progress: called with the number of batches done.
+        effect_progress: called with the number of batches the mask effect has done.
 
     Returns:
         The written folder; None on ranks > 0 of a torchrun run, where rank 0 writes.
@@ -121,7 +124,7 @@ def make_report(
         return write_report_folder(report, out, None, fmt=fmt, force=force,
                                    no_overlays_reason=FROM_JSON_NOTE)
     assert checkpoint is not None
-    report, shown = inspect_with_overlays(checkpoint, opts, overlays, progress)
+    report, shown = inspect_with_overlays(checkpoint, opts, overlays, progress, effect_progress)
     if not is_writer():
         return None
     return write_report_folder(report, out, shown, fmt=fmt, force=force)

@@ -311,6 +311,8 @@ def test_from_json_blocks_filter(folder: Path, tmp_path: Path, runner: CliRunner
     ["--from-json", "{json}", "--blocks", "nothing-matches"],
     ["{model}", "--trust", "--format", "bmp"],
     ["{model}", "--trust", "--overlays", "-1"],
+    ["{model}", "--trust", "--labels", "{json}"],  # --labels without --effect
+    ["--from-json", "{json}", "--effect"],  # a saved report is rendered, not measured again
     [],  # neither
 ])
 def test_usage_errors(args: list[str], folder: Path, inputs: dict[str, Path], tmp_path: Path,
@@ -475,6 +477,100 @@ def test_overlays_show_the_first_samples_of_the_run(inputs: dict[str, Path]) -> 
     assert report.to_dict() == inspect_checkpoint(inputs["model"], opts).to_dict()
     for ov in overlays.blocks.values():
         assert len(ov.maps) == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# The mask effect (--effect)
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _effect_cells(block: dict[str, Any]) -> list[list[str]]:
+    """The rows the pages should show for a block, formatted here from the JSON."""
+    rows = []
+    for label, key in (("positional mean", "positional"), ("constant", "constant")):
+        ab = block["effect"][key]
+        if ab is None:
+            continue
+        drop = ab["accuracy_drop"]
+        rows.append([label, f"{ab['rel_l2']:.1%}",
+                     "-" if ab["top1_agreement"] is None else f"{ab['top1_agreement']:.1%}",
+                     "-" if drop is None else f"{drop:+.1%}"])
+    return rows
+
+
+def _html_effect_rows(path: Path) -> list[list[str]]:
+    text = path.read_text(encoding="utf-8")
+    section = re.search(r'<section id="effect">(.*?)</section>', text, re.S)
+    assert section is not None
+    rows = re.findall(r"<tr>(.*?)</tr>", section.group(1).split("<tbody>", 1)[1], re.S)
+    return [[html.unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(r"<td[^>]*>(.*?)</td>",
+                                                                          r, re.S)] for r in rows]
+
+
+def test_pages_show_the_mask_effect(inputs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "diag"
+    result = _run(inputs, out, "--effect", overlays="2")
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "report.json").read_text())
+    blocks = {b["name"]: b for b in data["blocks"]}
+    assert all(b["effect"] is not None for b in blocks.values())
+    assert blocks["se.att"]["effect"]["positional"] is None  # no positions: one row
+    # HTML: one row per block and replacement, in the order of the block table
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert '<a href="#effect">mask effect</a>' in text
+    assert "<script>" not in text
+    rank = {"fail": 0, "warn": 1, "ok": 2}  # the block table's order: unhealthy blocks first
+    order = sorted(blocks, key=lambda n: rank[blocks[n]["status"]])
+    expected = []
+    for name in order:
+        for k, cells in enumerate(_effect_cells(blocks[name])):
+            expected.append([name if k == 0 else "", *cells])
+    assert _html_effect_rows(out / "index.html") == expected
+    assert text.index('id="effect"') < text.index('id="overlays"')
+    # Markdown: the same table, its links resolve
+    md = (out / "report.md").read_text()
+    assert md.index("## Mask effect") < md.index("## Overlays")
+    table = md.split("## Mask effect", 1)[1].split("## Overlays", 1)[0]
+    for name in order:
+        for cells in _effect_cells(blocks[name]):
+            assert " | ".join(cells) in table, (name, cells)
+    assert "&lt;script&gt;" in table
+    _check_markdown_links(out)
+
+
+def test_pages_without_effect_have_no_effect_section(folder: Path) -> None:
+    assert 'id="effect"' not in (folder / "index.html").read_text(encoding="utf-8")
+    assert "Mask effect" not in (folder / "report.md").read_text()
+
+
+def test_effect_with_labels_and_from_json(tmp_path: Path, runner: CliRunner) -> None:
+    common = [str(EXAMPLES / "digits_collapsed.pt"), "--model", "coordatt_diag.demo:digits_net",
+              "--tensors", str(EXAMPLES / "digits_samples.pt"), "--batch-size", "64", "--effect",
+              "--labels", str(EXAMPLES / "digits_labels.pt")]
+    saved = tmp_path / "inspect.json"
+    r = runner.invoke(app, ["inspect", *common, "--json", str(saved)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    fresh = tmp_path / "fresh"
+    r = runner.invoke(app, ["report", *common, "--overlays", "0", "--out", str(fresh)],
+                      catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    again = tmp_path / "again"
+    r = runner.invoke(app, ["report", "--from-json", str(saved), "--out", str(again)],
+                      catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert json.loads((fresh / "report.json").read_text()) == json.loads(saved.read_text())
+    data = json.loads(saved.read_text())
+    rows = _html_effect_rows(again / "index.html")
+    assert len(rows) == sum(len(_effect_cells(b)) for b in data["blocks"])
+    assert all(re.fullmatch(r"[+-]\d+\.\d%", row[-1]) for row in rows)  # accuracy drop shown
+    accuracy = data["blocks"][0]["effect"]["accuracy"]
+    assert f"accuracy without replacement {accuracy:.1%}" in (again / "report.md").read_text()
+    a, b = (fresh / "index.html").read_text(), (again / "index.html").read_text()
+    assert _without_overlay_note(a) == _without_overlay_note(b)
+    strip = re.compile(r"## Overlays\n\n\*.*?\*\n")
+    md_a, md_b = (fresh / "report.md").read_text(), (again / "report.md").read_text()
+    assert strip.sub("", md_a) == strip.sub("", md_b)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ artifact or an e-mail attachment. Every string that comes from the model or the 
 names, class names, finding messages, paths) goes through `html.escape`.
 
 Order: summary and findings first, then the model figure, the block table (the table of
-contents: failing blocks first), the overlays, then one section per block in the same order.
+contents: failing blocks first), the mask effect (when measured), the overlays, then one section
+per block in the same order.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import base64
 import html
 
 from coordatt_diag.reports.layout import (
+    EFFECT_COLUMNS,
     MASK_COLUMNS,
     STATUS_COLORS,
     anchor,
     blocks_by_health,
+    effect_note,
+    effect_rows,
     feature,
     fmt,
     grouped_findings,
@@ -169,6 +173,24 @@ def _block_table(report: Report, order: list[tuple[int, BlockReport]]) -> list[s
     return rows
 
 
+def _effect_section(report: Report, order: list[tuple[int, BlockReport]]) -> list[str]:
+    measured = [(i, b, effect_rows(b)) for i, b in order if b.effect is not None]
+    if not measured:
+        return []
+    out = ['<section id="effect"><h2>Mask effect</h2>',
+           f'<p class="note">{_e(effect_note(report))}</p>',
+           '<div class="scroll"><table class="effect"><thead><tr><th>block</th>'
+           + "".join(f"<th>{_e(c)}</th>" for c in EFFECT_COLUMNS) + "</tr></thead><tbody>"]
+    for i, b, rows in measured:
+        for k, cells in enumerate(rows):
+            name = (f'<a href="#{anchor(i)}"><code>{_e(display_name(b.name))}</code></a>'
+                    if k == 0 else "")
+            out.append(f'<tr><td class="name">{name}</td><td>{_e(cells[0])}</td>'
+                       + "".join(f'<td class="num">{_e(c)}</td>' for c in cells[1:]) + "</tr>")
+    out.append("</tbody></table></div></section>")
+    return out
+
+
 def _block_section(i: int, b: BlockReport, plots: list[Plot]) -> list[str]:
     facts = [f"type <code>{_e(b.type)}</code>", f"kind {_e(b.kind)}",
              f"feature {_e(feature(b))}", f"{b.params:,} parameters",
@@ -245,8 +267,10 @@ def render_html(report: Report, plots: PlotSet, overlay_note: str) -> str:
     ]
     out += _header(report)
     out.append('<nav class="meta"><a href="#summary">summary</a> · <a href="#findings">'
-               'findings</a> · <a href="#blocks">blocks</a> · <a href="#overlays">overlays</a> · '
-               '<a href="#details">blocks in detail</a></nav>')
+               'findings</a> · <a href="#blocks">blocks</a> · '
+               + ('<a href="#effect">mask effect</a> · '
+                  if any(b.effect is not None for b in report.blocks) else "")
+               + '<a href="#overlays">overlays</a> · <a href="#details">blocks in detail</a></nav>')
     out += [
         '<section id="summary"><h2>Summary</h2>',
         f"<p>{_badge(s.status)} {s.blocks} attention blocks: {s.ok} ok, {s.warn} warn, "
@@ -265,6 +289,7 @@ def render_html(report: Report, plots: PlotSet, overlay_note: str) -> str:
                "# is the position in the model.</p>")
     out += _block_table(report, order)
     out.append("</section>")
+    out += _effect_section(report, order)
     out.append('<section id="overlays"><h2>Overlays</h2>')
     out.append(f'<p class="note" id="overlay-note">{_e(overlay_note)}</p>')
     out += [_img(p) for p in plots.grid]

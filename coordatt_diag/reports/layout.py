@@ -104,3 +104,32 @@ def mask_row(block: BlockReport, name: str) -> list[str]:
     m = block.masks[name]
     return [name, fmt(m.mean), fmt(m.std, 4), fmt(m.min), fmt(m.max), pct(m.sat_low),
             pct(m.sat_high), pct(m.exact01), fmt(m.pos_std, 4), fmt(m.chan_std, 4)]
+
+
+EFFECT_COLUMNS = ("masks replaced by", "output change", "top-1 same", "accuracy drop")
+
+
+def effect_rows(block: BlockReport) -> list[list[str]]:
+    """A block's mask-effect rows (`--effect`), in `EFFECT_COLUMNS` order; [] when not measured."""
+    effect = block.effect
+    if effect is None:
+        return []
+    rows = []
+    for label, ab in (("positional mean", effect.positional), ("constant", effect.constant)):
+        if ab is None:
+            continue
+        rows.append([label, pct(ab.rel_l2), pct(ab.top1_agreement),
+                     "-" if ab.accuracy_drop is None else f"{ab.accuracy_drop:+.1%}"])
+    return rows
+
+
+def effect_note(report: Report) -> str:
+    """The line under the mask-effect table: what was measured, on how many samples."""
+    measured = [b.effect for b in report.blocks if b.effect is not None]
+    if not measured:
+        return ""
+    e = measured[0]
+    acc = f"; accuracy without replacement {e.accuracy:.1%}" if e.accuracy is not None else ""
+    return (f"Each block's masks replaced, one block at a time, by their mean over positions "
+            f"(per sample and channel) and by a constant; output change is the relative L2 "
+            f"change of the model output over {e.samples} samples{acc}.")

@@ -11,9 +11,12 @@ from __future__ import annotations
 import re
 
 from coordatt_diag.reports.layout import (
+    EFFECT_COLUMNS,
     MASK_COLUMNS,
     anchor,
     blocks_by_health,
+    effect_note,
+    effect_rows,
     feature,
     fmt,
     grouped_findings,
@@ -78,6 +81,19 @@ def _finding_groups(report: Report, index_of: dict[str, int]) -> list[str]:
             mask = f" {_code(g.mask)}" if g.mask else ""
             out.append(f"  - {where}{mask}: {md_escape(g.message)}")
     return out
+
+
+def _effect_section(report: Report, order: list[tuple[int, BlockReport]]) -> list[str]:
+    measured = [(i, b, effect_rows(b)) for i, b in order if b.effect is not None]
+    if not measured:
+        return []
+    rows = []
+    for i, b, cells in measured:
+        for k, row in enumerate(cells):
+            name = f"[{_code(display_name(b.name))}](#{anchor(i)})" if k == 0 else ""
+            rows.append([name] + [md_escape(c) for c in row])
+    return (['<a id="effect"></a>', "", "## Mask effect", "", f"*{md_escape(effect_note(report))}*",
+             ""] + _table(["block", *EFFECT_COLUMNS], rows, right={2, 3, 4}) + [""])
 
 
 def _block(i: int, b: BlockReport, plots: list[Plot], folder: str) -> list[str]:
@@ -169,7 +185,9 @@ def render_markdown(report: Report, plots: PlotSet, overlay_note: str,
                      f"**{md_escape(b.status.upper())}**"])
     out += _table(["#", "block", "type", "kind", "feature", "masks", "smallest std", "std ratio",
                    "findings", "status"], rows, right={0, 6, 7, 8})
-    out += ["", "## Overlays", "", f"*{md_escape(overlay_note)}*", ""]
+    out.append("")
+    out += _effect_section(report, order)
+    out += ["## Overlays", "", f"*{md_escape(overlay_note)}*", ""]
     for p in plots.grid:
         out += [_img(p, folder), ""]
     out += ["## Blocks in detail", ""]
