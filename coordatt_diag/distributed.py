@@ -82,6 +82,9 @@ def _leave() -> None:
     import torch.distributed as dist
 
     if dist.is_initialized():
+        # leave together: a rank that tore its gloo group down while a peer was still working
+        # aborted now and then ("terminate called without an active exception", SIGABRT)
+        dist.barrier()
         dist.destroy_process_group()
 
 
