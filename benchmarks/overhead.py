@@ -8,8 +8,10 @@ Measured:
 * time per batch of a plain `torch.inference_mode` forward pass and of the same pass under
   `MaskCapture` with the streaming accumulators (what `inspect` runs per batch), interleaved,
   median of several runs, and their ratio (target <= 1.15);
-* resident memory after 5 and after --mem-batches hooked batches (flat: the statistics do not
-  keep masks), and the activation memory per sample that `inspect`'s pre-check measures;
+* resident memory over --mem-batches hooked batches: after 5, the peak over the first half and
+  over the second half (flat: the statistics do not keep masks; glibc's allocator makes RSS
+  wander by tens of MiB between batches, so peaks of halves are compared, not two samples), and
+  the activation memory per sample that `inspect`'s pre-check measures;
 * on CUDA, the allocator's peak.
 
 Usage:
@@ -102,18 +104,17 @@ def main() -> None:
 
         state = RunState(blocks=specs)
         gc.collect()
+        rss = []
         with state.capture(model):
-            for i in range(args.mem_batches):
+            for _ in range(args.mem_batches):
                 model(x)
-                if i == 4:
-                    sync()
-                    gc.collect()
-                    after5 = rss_mib()
-            sync()
-            gc.collect()
-            after50 = rss_mib()
-        print(f"memory        : RSS {after5:.0f} MiB after 5 hooked batches, "
-              f"{after50:.0f} MiB after {args.mem_batches} ({after50 - after5:+.0f} MiB)")
+                sync()
+                rss.append(rss_mib())
+        half = len(rss) // 2
+        first, second = max(rss[5:half] or rss[:1]), max(rss[half:])
+        print(f"memory        : RSS {rss[4]:.0f} MiB after 5 hooked batches, peak {first:.0f} MiB "
+              f"over batches 6-{half}, peak {second:.0f} MiB over batches {half + 1}-{len(rss)} "
+              f"({second - first:+.0f} MiB), {rss[-1]:.0f} MiB at the end")
         if dev.type == "cuda":
             print(f"cuda peak     : {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB allocated")
 

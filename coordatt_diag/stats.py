@@ -90,8 +90,9 @@ def _batch_part(mask: torch.Tensor) -> _Part:
     flat = m.reshape(-1)
     if lo_v >= 0.0 and hi_v <= 1.0:
         # bin k holds [k/64, (k+1)/64) and 1.0 joins the last, as in torch.histc over [0, 1]:
-        # x * 64 is exact in binary floating point, and this costs a tenth of histc
-        counts64 = torch.bincount((flat * HIST_BINS).to(torch.int32), minlength=HIST_BINS + 1)
+        # x * 64 is exact in binary floating point, and this costs a tenth of histc; codes
+        # 0..64 fit uint8, whose bincount is three times faster than int32's on a CPU
+        counts64 = torch.bincount((flat * HIST_BINS).to(torch.uint8), minlength=HIST_BINS + 1)
         counts64[HIST_BINS - 1:HIST_BINS] += counts64[HIST_BINS:]
         hist = counts64[:HIST_BINS]
     else:
