@@ -8,10 +8,11 @@ Measured:
 * time per batch of a plain `torch.inference_mode` forward pass and of the same pass under
   `MaskCapture` with the streaming accumulators (what `inspect` runs per batch), interleaved,
   median of several runs, and their ratio (target <= 1.15);
-* resident memory over --mem-batches hooked batches: after 5, the peak over the first half and
-  over the second half (flat: the statistics do not keep masks; glibc's allocator makes RSS
-  wander by tens of MiB between batches, so peaks of halves are compared, not two samples), and
-  the activation memory per sample that `inspect`'s pre-check measures;
+* resident memory over --mem-batches hooked batches, read after each batch once glibc has
+  returned its free pages (`malloc_trim`; without it RSS wanders by tens of MiB between batches
+  whatever the program holds): after 5, the most over the first and over the second half (flat:
+  the statistics do not keep masks), and the activation memory per sample that `inspect`'s
+  pre-check measures;
 * on CUDA, the allocator's peak.
 
 Usage:
@@ -36,6 +37,19 @@ from coordatt_diag.memory import measure_activations
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import mobilenet_v2_coordatt, yolo_coordatt  # noqa: E402
+
+
+def trimmed_rss_mib() -> float:
+    """Resident memory after returning the allocator's free pages to the system (glibc's
+    malloc_trim): what is really held, without the tens of MiB glibc keeps between batches."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    return rss_mib()
 
 
 def rss_mib() -> float:
@@ -109,12 +123,13 @@ def main() -> None:
             for _ in range(args.mem_batches):
                 model(x)
                 sync()
-                rss.append(rss_mib())
+                rss.append(trimmed_rss_mib())
         half = len(rss) // 2
         first, second = max(rss[5:half] or rss[:1]), max(rss[half:])
-        print(f"memory        : RSS {rss[4]:.0f} MiB after 5 hooked batches, peak {first:.0f} MiB "
-              f"over batches 6-{half}, peak {second:.0f} MiB over batches {half + 1}-{len(rss)} "
-              f"({second - first:+.0f} MiB), {rss[-1]:.0f} MiB at the end")
+        print(f"memory        : RSS {rss[4]:.0f} MiB after 5 hooked batches, at most {first:.0f} MiB "
+              f"over batches 6-{half}, at most {second:.0f} MiB over batches {half + 1}-{len(rss)} "
+              f"({second - first:+.0f} MiB), {rss[-1]:.0f} MiB after {len(rss)} (glibc free pages "
+              "returned before each reading)")
         if dev.type == "cuda":
             print(f"cuda peak     : {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB allocated")
 

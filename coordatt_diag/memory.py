@@ -77,9 +77,9 @@ class MemoryEstimate:
 
     per_sample: int  # peak activation bytes of one sample's forward pass
     batch_size: int
-    input_bytes: int  # the batch tensor itself
-    need: int  # MARGIN * per_sample * batch_size + input_bytes
-    available: int | None  # free bytes on the device (None: unknown)
+    input_bytes: int  # the batch tensor itself (already allocated when the check runs)
+    need: int  # MARGIN * per_sample * batch_size: what the forward pass adds
+    available: int | None  # free bytes on the device now, besides the batch (None: unknown)
 
     @property
     def fits(self) -> bool:
@@ -89,8 +89,10 @@ class MemoryEstimate:
         """The largest batch size that fits (0 when not even one sample does)."""
         if self.available is None:
             return self.batch_size
+        # a smaller batch also frees part of the batch tensor itself
         per = MARGIN * self.per_sample + self.input_bytes / max(self.batch_size, 1)
-        return int(self.available // per) if per > 0 else self.batch_size
+        budget = self.available + self.input_bytes
+        return min(int(budget // per), self.batch_size) if per > 0 else self.batch_size
 
 
 def measure_activations(model: nn.Module, sample: torch.Tensor) -> int:
@@ -147,7 +149,7 @@ def estimate(model: nn.Module, probe: torch.Tensor, batch: torch.Tensor) -> Memo
     per_sample = measure_activations(model, probe)
     b = int(batch.shape[0])
     input_bytes = batch.numel() * batch.element_size()
-    need = int(MARGIN * per_sample * b) + input_bytes
+    need = int(MARGIN * per_sample * b)
     return MemoryEstimate(per_sample=per_sample, batch_size=b, input_bytes=input_bytes,
                           need=need, available=available_bytes(batch.device))
 
@@ -173,6 +175,7 @@ def check_batch(model: nn.Module, probe: torch.Tensor, batch: torch.Tensor) -> M
     assert est.available is not None
     raise InputError(
         f"a batch of {est.batch_size} inputs of {shape} needs about {_gib(est.need)} on "
-        f"{batch.device} ({_gib(est.per_sample)} of activations per sample, measured), but "
-        f"{_gib(est.available)} is free: {hint} (or set {ENV_SWITCH}=0 to run anyway)"
+        f"{batch.device} for the forward pass ({_gib(est.per_sample)} of activations per sample, "
+        f"measured), but {_gib(est.available)} is free besides the batch: {hint} (or set "
+        f"{ENV_SWITCH}=0 to run anyway)"
     )
