@@ -128,15 +128,22 @@ def _compile_pattern(pattern: str | None) -> str | None:
     return pattern
 
 
-def _forward(model: nn.Module, batch: torch.Tensor) -> Any:
+@contextlib.contextmanager
+def _forward_errors(batch: torch.Tensor) -> Iterator[None]:
+    """A RuntimeError of the model's forward pass becomes an input error naming the batch."""
     try:
-        return model(batch)
+        yield
     except RuntimeError as exc:
         first = (str(exc).strip().splitlines() or ["RuntimeError"])[0][:240]
         raise InputError(
             f"the model's forward pass failed on a batch of shape {tuple(batch.shape)}: {first}; "
             "check --imgsz, the channel count and the input tensors"
         ) from exc
+
+
+def _forward(model: nn.Module, batch: torch.Tensor) -> Any:
+    with _forward_errors(batch):
+        return model(batch)
 
 
 def find_blocks(model: nn.Module, sample: torch.Tensor, pattern: str | None = None) -> list[BlockSpec]:
@@ -146,15 +153,8 @@ def find_blocks(model: nn.Module, sample: torch.Tensor, pattern: str | None = No
         NoBlocksError: nothing found; the message says what was searched and how to use --blocks.
     """
     pattern = _compile_pattern(pattern)
-    with preserved_mode(model), torch.inference_mode():
-        try:
-            specs = discover_blocks(model, sample, pattern)
-        except RuntimeError as exc:
-            first = (str(exc).strip().splitlines() or ["RuntimeError"])[0][:240]
-            raise InputError(
-                f"the model's forward pass failed on a batch of shape {tuple(sample.shape)}: "
-                f"{first}; check --imgsz, the channel count and the input tensors"
-            ) from exc
+    with preserved_mode(model), torch.inference_mode(), _forward_errors(sample):
+        specs = discover_blocks(model, sample, pattern)
     if not specs:
         n = sum(1 for _ in model.modules())
         where = f" among modules matching --blocks {pattern!r}" if pattern else ""
@@ -263,8 +263,8 @@ def run_batches(
     shard = distributed.group(dev)
     error: tuple[str, str, int] | None = None
     try:
-        with preserved_mode(model):
-            _check_memory(model, probe, first)  # before the run, not halfway through it
+        with preserved_mode(model), _forward_errors(probe):
+            memory.check_batch(model, probe, first)  # before the run, not halfway through it
         with torch.inference_mode(), state.capture(model):
             done = 0
             index = 0
@@ -285,17 +285,6 @@ def run_batches(
     if shard is not None:
         state = _merged(state, error)
     return state
-
-
-def _check_memory(model: nn.Module, probe: torch.Tensor, batch: torch.Tensor) -> None:
-    try:
-        memory.check_batch(model, probe, batch)
-    except RuntimeError as exc:
-        first = (str(exc).strip().splitlines() or ["RuntimeError"])[0][:240]
-        raise InputError(
-            f"the model's forward pass failed on a batch of shape {tuple(probe.shape)}: {first}; "
-            "check --imgsz, the channel count and the input tensors"
-        ) from exc
 
 
 def _to(batch: torch.Tensor, dev: torch.device, dtype: torch.dtype | None) -> torch.Tensor:

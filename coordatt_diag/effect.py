@@ -35,12 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from coordatt_diag.capture import BlockCall, BlockSpec, MaskCapture
 from coordatt_diag.errors import InputError
+from coordatt_diag.inputs import read_array_file
 from coordatt_diag.results import Ablation, InputsInfo, MaskEffect
 
 if TYPE_CHECKING:
@@ -59,19 +59,7 @@ def load_labels(path: Path) -> torch.Tensor:
         InputError: the file is missing or unreadable, or does not hold a 1-D array of
             non-negative integers.
     """
-    if not path.is_file():
-        raise InputError(f"--labels {path} does not exist")
-    try:
-        if path.suffix.lower() == ".npy":
-            obj: Any = torch.from_numpy(np.load(path, allow_pickle=False))
-        else:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to read is the same user error
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise InputError(
-            f"--labels {path} is not a readable tensor file: {first}; save a 1-D tensor of class "
-            "indices with torch.save or numpy.save"
-        ) from exc
+    obj = read_array_file(path, "--labels", "a 1-D tensor of class indices")
     if isinstance(obj, (list, tuple)) and obj and all(isinstance(v, int) for v in obj):
         obj = torch.tensor(obj)
     if not isinstance(obj, torch.Tensor):

@@ -209,21 +209,30 @@ def _synthetic(channels: int, imgsz: int, batch_size: int, batches: int,
 # Tensors
 
 
-def load_tensor_file(path: Path) -> list[torch.Tensor]:
-    """The tensors in a .pt or .npy file, each (N, C, H, W) float32."""
+def read_array_file(path: Path, option: str, expected: str) -> Any:
+    """What a .npy (as a tensor, no pickle) or .pt file (weights_only) holds, for `option`.
+
+    Raises:
+        InputError: the file is missing or unreadable; the message names `option` and says to
+            save `expected` with torch.save or numpy.save.
+    """
     if not path.is_file():
-        raise InputError(f"--tensors {path} does not exist")
+        raise InputError(f"{option} {path} does not exist")
     try:
         if path.suffix.lower() == ".npy":
-            obj: Any = torch.from_numpy(np.load(path, allow_pickle=False))
-        else:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            return torch.from_numpy(np.load(path, allow_pickle=False))
+        return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to read is the same user error
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise InputError(
-            f"--tensors {path} is not a readable tensor file: {first}; save a tensor (N,C,H,W) "
-            "with torch.save or numpy.save"
+            f"{option} {path} is not a readable tensor file: {first}; save {expected} with "
+            "torch.save or numpy.save"
         ) from exc
+
+
+def load_tensor_file(path: Path) -> list[torch.Tensor]:
+    """The tensors in a .pt or .npy file, each (N, C, H, W) float32."""
+    obj = read_array_file(path, "--tensors", "a tensor (N,C,H,W)")
     if isinstance(obj, torch.Tensor):
         chunks = [obj]
     elif isinstance(obj, (list, tuple)) and obj and all(isinstance(t, torch.Tensor) for t in obj):
