@@ -209,6 +209,14 @@ class CheckpointInfo:
     epoch: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def epoch_label(self) -> str | None:
+        """The epoch as the renderers show it: "epoch 12"; a negative epoch (Ultralytics writes
+        -1 into the final `last.pt`/`best.pt` it strips) is "final weights"; None if unknown."""
+        if self.epoch is None:
+            return None
+        return "final weights" if self.epoch < 0 else f"epoch {self.epoch}"
+
 
 @dataclass(frozen=True)
 class InputsInfo:

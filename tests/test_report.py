@@ -622,3 +622,13 @@ def test_page_renders_in_headless_chromium(folder: Path, chromium: str, tmp_path
         rgb = np.asarray(im.convert("RGB"), dtype=np.int16)
     colour = np.abs(rgb[..., 0] - rgb[..., 1]) + np.abs(rgb[..., 1] - rgb[..., 2])
     assert (colour > 60).mean() > 0.005
+
+
+def test_epoch_label_names_stripped_final_weights() -> None:
+    from coordatt_diag.results import CheckpointInfo
+
+    assert CheckpointInfo(path="a.pt", sha256=None, format="ultralytics", epoch=7).epoch_label \
+        == "epoch 7"
+    assert CheckpointInfo(path="a.pt", sha256=None, format="ultralytics", epoch=-1).epoch_label \
+        == "final weights"
+    assert CheckpointInfo(path="a.pt", sha256=None, format="module").epoch_label is None

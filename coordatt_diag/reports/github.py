@@ -66,7 +66,8 @@ def step_summary(result: CheckResult) -> str:
     for v in result.verdicts:
         r = v.report
         s = r.summary
-        epoch = f", epoch {r.checkpoint.epoch}" if r.checkpoint.epoch is not None else ""
+        label = r.checkpoint.epoch_label
+        epoch = f", {label}" if label else ""
         lines += [
             f"### `{r.checkpoint.path or 'model'}`{epoch}: {'PASS' if v.healthy else 'FAIL'}",
             "",

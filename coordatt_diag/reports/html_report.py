@@ -129,8 +129,8 @@ def _header(report: Report) -> list[str]:
     ck, inp, tool = report.checkpoint, report.inputs, report.tool
     where = _e(ck.path) if ck.path else "in-memory model"
     ck_bits = [f"format {_e(ck.format)}"]
-    if ck.epoch is not None:
-        ck_bits.append(f"epoch {_e(ck.epoch)}")
+    if ck.epoch_label:
+        ck_bits.append(_e(ck.epoch_label))
     if ck.sha256:
         ck_bits.append(f"sha256 <code>{_e(ck.sha256[:16])}</code>")
     src = _e(inp.source) + (f" <code>{_e(inp.path)}</code>" if inp.path else "")

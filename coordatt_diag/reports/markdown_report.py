@@ -144,8 +144,8 @@ def render_markdown(report: Report, plots: PlotSet, overlay_note: str,
     out = ["# coordatt-diag report", ""]
     ck_line = f"checkpoint {_code(ck.path) if ck.path else 'in-memory model'} " \
               f"(format {md_escape(ck.format)}"
-    if ck.epoch is not None:
-        ck_line += f", epoch {ck.epoch}"
+    if ck.epoch_label:
+        ck_line += f", {ck.epoch_label}"
     if ck.sha256:
         ck_line += f", sha256 {md_escape(ck.sha256[:16])}"
     out.append(ck_line + ")  ")

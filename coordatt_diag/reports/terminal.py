@@ -120,7 +120,7 @@ def render(report: Report, console: Console) -> None:
     """Print the table, the findings and a summary line."""
     plain = console.no_color
     ck = report.checkpoint
-    head = f"{ck.path or 'model'}" + (f" (epoch {ck.epoch})" if ck.epoch is not None else "")
+    head = f"{ck.path or 'model'}" + (f" ({ck.epoch_label})" if ck.epoch_label else "")
     inp = report.inputs
     console.print(Text(f"{head}: {len(report.blocks)} attention blocks, "
                        f"{inp.samples} samples from {inp.source}"
