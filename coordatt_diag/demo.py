@@ -168,3 +168,34 @@ def load_digits_split(seed: int = 0, test_size: float = 0.2) -> DigitsSplit:
         mean=mean,
         std=std,
     )
+
+
+def train_sgd(model: nn.Module, split: DigitsSplit, epochs: int, weight_decay: float, seed: int,
+              lr: float = 0.1, momentum: float = 0.9, batch_size: int = 64) -> float:
+    """The demo's schedule: SGD with momentum, cosine decay per step, shuffled with `seed`.
+
+    Trains the parameters that require gradients, leaves the model in eval mode and returns the
+    training time in seconds (used by ``scripts/make_demo.py`` and ``scripts/validate.py``).
+    """
+    import math
+    import time
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    x, y = split.x_train, split.y_train
+    steps = epochs * math.ceil(len(x) / batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), batch_size):
+            idx = perm[i:i + batch_size]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    return time.perf_counter() - t0

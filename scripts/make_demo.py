@@ -30,15 +30,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from coordatt_diag.blocks import CoordinateAtt  # noqa: E402
-from coordatt_diag.demo import digits_net, load_digits_split  # noqa: E402
+from coordatt_diag.demo import digits_net, load_digits_split, train_sgd  # noqa: E402
 
 FACTORY = "coordatt_diag.demo:digits_net"
 SEED = 0
@@ -72,25 +69,8 @@ def train(weight_decay: float, split: Any, seed: int = SEED) -> tuple[nn.Module,
     """Train one model; returns it (in eval mode) and the training time in seconds."""
     torch.manual_seed(seed)
     model = digits_net()
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM,
-                          weight_decay=weight_decay)
-    x, y = split.x_train, split.y_train
-    steps = EPOCHS * math.ceil(len(x) / BATCH_SIZE)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    gen = torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
-    for _ in range(EPOCHS):
-        model.train()
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), BATCH_SIZE):
-            idx = perm[i:i + BATCH_SIZE]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    seconds = time.perf_counter() - t0
-    model.eval()
+    seconds = train_sgd(model, split, EPOCHS, weight_decay, seed, lr=LR, momentum=MOMENTUM,
+                        batch_size=BATCH_SIZE)
     return model, seconds
 
 

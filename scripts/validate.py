@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +54,7 @@ if str(ROOT) not in sys.path:
 
 from coordatt_diag.analysis import finalize, run_batches  # noqa: E402
 from coordatt_diag.blocks import CBAMChannelPlusCoord, CoordinateAtt  # noqa: E402
-from coordatt_diag.demo import NUM_CLASSES, load_digits_split  # noqa: E402
+from coordatt_diag.demo import NUM_CLASSES, load_digits_split, train_sgd  # noqa: E402
 from coordatt_diag.effect import measure_effect  # noqa: E402
 from coordatt_diag.results import CheckpointInfo, InputsInfo, Report  # noqa: E402
 from coordatt_diag.thresholds import ThresholdConfig, Thresholds  # noqa: E402
@@ -137,26 +136,9 @@ def saturate(model: nn.Module) -> int:
 
 
 def train(model: nn.Module, split: Any, epochs: int, weight_decay: float, seed: int) -> float:
-    """The demo's schedule (``scripts/make_demo.py``): SGD, cosine per step; returns seconds."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, weight_decay=weight_decay)
-    x, y = split.x_train, split.y_train
-    steps = epochs * math.ceil(len(x) / BATCH_SIZE)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    gen = torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
-    for _ in range(epochs):
-        model.train()
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), BATCH_SIZE):
-            idx = perm[i:i + BATCH_SIZE]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    return time.perf_counter() - t0
+    """The demo's schedule (``coordatt_diag.demo.train_sgd``); returns seconds."""
+    return train_sgd(model, split, epochs, weight_decay, seed, lr=LR, momentum=MOMENTUM,
+                     batch_size=BATCH_SIZE)
 
 
 @dataclass(frozen=True)
