@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from coordatt_diag.inputs import decode_image
+from coordatt_diag.load.inputs import decode_image
 
 
 def _timed(pool: Executor, files: list[Path], imgsz: int) -> float:

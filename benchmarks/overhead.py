@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 
-from coordatt_diag.analysis import RunState
-from coordatt_diag.capture import discover_blocks
-from coordatt_diag.memory import measure_activations
+from coordatt_diag.capture.engine import discover_blocks
+from coordatt_diag.load.memory import measure_activations
+from coordatt_diag.runs.inspect import RunState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import mobilenet_v2_coordatt, yolo_coordatt  # noqa: E402

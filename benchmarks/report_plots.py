@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coordatt_diag.analysis import analyze_model, run_batches
-from coordatt_diag.overlays import Overlays, collect_overlays, display_images
 from coordatt_diag.reports.folder import write_report_folder
+from coordatt_diag.runs.inspect import analyze_model, run_batches
+from coordatt_diag.runs.overlays import Overlays, collect_overlays, display_images
 
 
 class CoordAtt(nn.Module):

@@ -15,19 +15,30 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
-    from coordatt_diag.analysis import analyze_model, inspect_checkpoint
+    from coordatt_diag.capture.engine import MaskCapture
     from coordatt_diag.results import Report
+    from coordatt_diag.runs.inspect import InspectOptions, analyze_model, inspect_checkpoint
 
-__all__ = ["__version__", "analyze_model", "inspect_checkpoint", "Report"]
+__all__ = ["__version__", "analyze_model", "inspect_checkpoint", "InspectOptions", "Report", "MaskCapture"]
+
+# name -> the module that defines it; imported on first use, so `import coordatt_diag` stays cheap
+_LAZY = {
+    "analyze_model": "coordatt_diag.runs.inspect",
+    "inspect_checkpoint": "coordatt_diag.runs.inspect",
+    "InspectOptions": "coordatt_diag.runs.inspect",
+    "Report": "coordatt_diag.results",
+    "MaskCapture": "coordatt_diag.capture.engine",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("analyze_model", "inspect_checkpoint"):
-        from coordatt_diag import analysis
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'coordatt_diag' has no attribute {name!r}")
+    import importlib
 
-        return getattr(analysis, name)
-    if name == "Report":
-        from coordatt_diag.results import Report
+    return getattr(importlib.import_module(module), name)
 
-        return Report
-    raise AttributeError(f"module 'coordatt_diag' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

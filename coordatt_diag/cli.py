@@ -160,7 +160,7 @@ class _ProgressBar:
 
 def _writer() -> bool:
     """False on ranks > 0 of a torchrun run: only rank 0 prints and writes."""
-    from coordatt_diag.distributed import is_writer
+    from coordatt_diag.runs.distributed import is_writer
 
     return is_writer()
 
@@ -180,8 +180,8 @@ def _emit_report(report: Any, json_out: str | None) -> None:
 
 
 def _inspect_options(**kw: Any) -> Any:
-    from coordatt_diag.analysis import InspectOptions
     from coordatt_diag.errors import UsageError
+    from coordatt_diag.runs.inspect import InspectOptions
 
     if kw.pop("synthetic") and (kw["images"] is not None or kw["tensors"] is not None):
         raise UsageError("--synthetic cannot be combined with --images or --tensors")
@@ -224,7 +224,7 @@ def inspect(
     """
 
     def body() -> None:
-        from coordatt_diag.analysis import inspect_checkpoint
+        from coordatt_diag.runs.inspect import inspect_checkpoint
 
         opts = _inspect_options(
             trust=trust, model=model, model_args=model_args, imports=imports, paths=path,
@@ -304,8 +304,8 @@ def check(
 
     def body() -> None:
         from coordatt_diag.errors import EXIT_UNHEALTHY, UsageError
-        from coordatt_diag.gate import BaselineOptions, check_checkpoints, check_fail_on
         from coordatt_diag.reports.check import emit_check
+        from coordatt_diag.runs.check import BaselineOptions, check_checkpoints, check_fail_on
 
         check_fail_on(fail_on)
         tolerances = BaselineOptions(max_drop=max_drop, max_ratio_drop=max_ratio_drop)
@@ -360,7 +360,7 @@ def trend(
 
     def body() -> None:
         from coordatt_diag.reports.trend import emit_trend
-        from coordatt_diag.trend import trend_checkpoints
+        from coordatt_diag.runs.trend import trend_checkpoints
 
         opts = _inspect_options(
             trust=trust, model=model, model_args=model_args, imports=imports, paths=path,
@@ -407,8 +407,8 @@ def compare(
     """
 
     def body() -> None:
-        from coordatt_diag.compare import compare_sources
         from coordatt_diag.reports.compare import emit_compare
+        from coordatt_diag.runs.compare import compare_sources
 
         opts = _inspect_options(
             trust=trust, model=model, model_args=model_args, imports=imports, paths=path,
@@ -480,7 +480,7 @@ def report(
     """
 
     def body() -> None:
-        from coordatt_diag.reporting import make_report
+        from coordatt_diag.reports.report_command import make_report
 
         opts = _inspect_options(
             trust=trust, model=model, model_args=model_args, imports=imports, paths=path,

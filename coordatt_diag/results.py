@@ -1,7 +1,7 @@
 """The result of a run as frozen, documented data.
 
-Hooks reduce each batch to small summaries (`coordatt_diag.stats`), `coordatt_diag.analysis`
-freezes them into a `Report`, `coordatt_diag.health` adds findings, and the writers in
+Hooks reduce each batch to small summaries (`coordatt_diag.stats.masks`), `coordatt_diag.runs.inspect`
+freezes them into a `Report`, `coordatt_diag.health.rules` adds findings, and the writers in
 `coordatt_diag.reports` render it without computing anything. The JSON report is the plain
 serialisation of these classes (`Report.to_dict` / `Report.from_dict`); its JSON Schema is
 `coordatt_diag/schema/report.schema.json`.
@@ -117,7 +117,7 @@ class Finding:
 
 @dataclass(frozen=True)
 class Ablation:
-    """What replacing a block's masks did to the model output (`coordatt_diag.effect`).
+    """What replacing a block's masks did to the model output (`coordatt_diag.runs.effect`).
 
     Attributes:
         rel_l2: relative L2 change of the output, sqrt(sum ||out' - out||^2 / sum ||out||^2)

@@ -46,6 +46,10 @@ cache=${COORDATT_DIAG_CACHE:-$HOME/.cache/coordatt-diag}
 venv=${COORDATT_DIAG_INTEGRATION_VENV:-$cache/integration-venv}
 marker="$venv/.coordatt-diag-integration-complete"
 py=${COORDATT_DIAG_INTEGRATION_PYTHON:-python3.11}
+# Every install below is constrained to the lock, so the venv holds exactly its versions.
+lock=${COORDATT_DIAG_INTEGRATION_LOCK:-$repo/requirements/integration.lock}
+[ -f "$lock" ] || die "no lock file $lock"
+lock_sum=$(sha256sum "$lock" | cut -c1-16)
 
 # The heavy, pinned package set. Changing this list changes the marker -> full rebuild.
 # ultralytics/timm/lightning are pinned to the versions whose source tests/integration was
@@ -62,7 +66,7 @@ core_reqs=(
 # Optional: installed after the core set; its failure only means the Lightning checkpoint
 # is not generated.
 optional_reqs=("lightning==2.6.6")
-spec="python=3.11 | ${core_reqs[*]} | optional: ${optional_reqs[*]}"
+spec="python=3.11 | ${core_reqs[*]} | optional: ${optional_reqs[*]} | lock $lock_sum"
 
 venv_python_ok() {
   [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null
@@ -108,7 +112,7 @@ PY
   if [ -n "$missing" ]; then
     log "installing project dependencies: $(echo "$missing" | tr '\n' ' ')"
     # shellcheck disable=SC2086
-    echo "$missing" | xargs "$venv/bin/python" -m pip install -q 1>&2 \
+    echo "$missing" | xargs "$venv/bin/python" -m pip install -q -c "$lock" 1>&2 \
       || die "pip could not install the project dependencies"
   fi
   local where
@@ -145,10 +149,10 @@ if [ "$rebuild" = 1 ] || ! is_complete; then
   log "building $venv (torch 2.14.1 + nvidia wheels: ~6 GB, a few minutes)"
   "$py" -m venv "$venv" || die "$py -m venv $venv failed"
   export PIP_DISABLE_PIP_VERSION_CHECK=1
-  "$venv/bin/python" -m pip install -q --upgrade pip 1>&2 || log "could not upgrade pip; going on"
-  "$venv/bin/python" -m pip install -q "${core_reqs[@]}" 1>&2 \
+  "$venv/bin/python" -m pip install -q -c "$lock" --upgrade pip 1>&2 || log "could not upgrade pip; going on"
+  "$venv/bin/python" -m pip install -q -c "$lock" "${core_reqs[@]}" 1>&2 \
     || die "pip could not install: ${core_reqs[*]} (are the package indexes reachable?)"
-  if ! "$venv/bin/python" -m pip install -q "${optional_reqs[@]}" 1>&2; then
+  if ! "$venv/bin/python" -m pip install -q -c "$lock" "${optional_reqs[@]}" 1>&2; then
     log "WARNING: could not install ${optional_reqs[*]}; the Lightning checkpoint will be skipped"
   fi
   # the import check must neither touch the network nor write ~/.config/Ultralytics
@@ -156,6 +160,8 @@ if [ "$rebuild" = 1 ] || ! is_complete; then
     "$venv/bin/python" -I -c 'import torch, torchvision, ultralytics, timm, safetensors, pytest') 1>&2 \
     || die "the installed packages do not import"
   ensure_project
+  "$venv/bin/python" "$repo/scripts/check_lock.py" "$lock" 1>&2 \
+    || die "the venv differs from $lock"
   {
     echo "$spec"
     echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) in $(( $(date +%s) - start ))s"

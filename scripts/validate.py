@@ -52,12 +52,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from coordatt_diag.analysis import finalize, run_batches  # noqa: E402
 from coordatt_diag.blocks import CBAMChannelPlusCoord, CoordinateAtt  # noqa: E402
 from coordatt_diag.demo import NUM_CLASSES, load_digits_split, train_sgd  # noqa: E402
-from coordatt_diag.effect import measure_effect  # noqa: E402
+from coordatt_diag.health.thresholds import ThresholdConfig, Thresholds  # noqa: E402
 from coordatt_diag.results import CheckpointInfo, InputsInfo, Report  # noqa: E402
-from coordatt_diag.thresholds import ThresholdConfig, Thresholds  # noqa: E402
+from coordatt_diag.runs.effect import measure_effect  # noqa: E402
+from coordatt_diag.runs.inspect import finalize, run_batches  # noqa: E402
 
 DOC = ROOT / "docs" / "validation.md"
 BEGIN, END = "<!-- validate:begin -->", "<!-- validate:end -->"

@@ -691,7 +691,7 @@ def test_step2_seed_quick_test_cell() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Masks come straight from the gate calls (what coordatt_diag.capture relies on).
+# Masks come straight from the gate calls (what coordatt_diag.capture.engine relies on).
 # ----------------------------------------------------------------------------------------------
 
 

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from coordatt_diag import analyze_model
-from coordatt_diag.analysis import find_blocks
-from coordatt_diag.capture import MaskCapture, classify_mask, discover_blocks
+from coordatt_diag.capture.engine import MaskCapture, classify_mask, discover_blocks
 from coordatt_diag.errors import NoBlocksError
+from coordatt_diag.runs.inspect import find_blocks
 from tests.fixtures import models as fx
 
 ALL = sorted(fx.FAMILIES)

@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from coordatt_diag.cli import app
-from coordatt_diag.multirun import BatchCache, natural_key
+from coordatt_diag.runs.multirun import BatchCache, natural_key
 from tests.fixtures import models as fx
 
 FACTORY = "tests.fixtures.models:coord_pair_net"
@@ -152,12 +152,12 @@ def test_unreadable_baseline_exits_3(runner: CliRunner, ckpts: dict[str, Path],
 
 def test_internal_error_exits_4(runner: CliRunner, ckpts: dict[str, Path],
                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    import coordatt_diag.multirun
+    import coordatt_diag.runs.multirun
 
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(coordatt_diag.multirun, "inspect_checkpoints", boom)
+    monkeypatch.setattr(coordatt_diag.runs.multirun, "inspect_checkpoints", boom)
     result = _invoke(runner, "check", str(ckpts["healthy"]), *FAST)
     assert result.exit_code == 4
     assert result.stderr.startswith("internal error: RuntimeError: boom")
@@ -369,20 +369,20 @@ def test_write_baseline_drops_earlier_baseline_findings(
 
 def test_trend_orders_by_recorded_epoch(runner: CliRunner, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    import coordatt_diag.inputs
+    import coordatt_diag.load.inputs
 
     # file names sort differently from the epochs they record
     _save(tmp_path / "epoch1.pt", 0.01, epoch=30)
     _save(tmp_path / "epoch2.pt", 1.0, epoch=10)
     _save(tmp_path / "epoch10.pt", 0.3, epoch=20)
     opened = []
-    real = coordatt_diag.inputs.open_inputs
+    real = coordatt_diag.load.inputs.open_inputs
 
     def counting(**kwargs: Any) -> Any:
         opened.append(kwargs)
         return real(**kwargs)
 
-    monkeypatch.setattr(coordatt_diag.inputs, "open_inputs", counting)
+    monkeypatch.setattr(coordatt_diag.load.inputs, "open_inputs", counting)
     out = tmp_path / "plots"
     result = _invoke(runner, "trend", str(tmp_path / "epoch*.pt"), *FAST, "--out", str(out),
                      "--json", "-")

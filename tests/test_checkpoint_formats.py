@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import torch
 
-from coordatt_diag.checkpoint import load_model, offline_third_party_env
 from coordatt_diag.cli import app
-from coordatt_diag.inputs import input_size
+from coordatt_diag.load.checkpoint import load_model, offline_third_party_env
+from coordatt_diag.load.inputs import input_size
 from tests.fixtures import models as fx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -263,7 +263,7 @@ def test_yolo_input_size_default_and_rounding(runner, yolo_files) -> None:  # ty
 def test_yolo_images_are_letterboxed(tmp_path: Path) -> None:
     from PIL import Image
 
-    from coordatt_diag.inputs import open_inputs
+    from coordatt_diag.load.inputs import open_inputs
 
     Image.new("RGB", (64, 32), (255, 255, 255)).save(tmp_path / "wide.png")
     stream = open_inputs(images=tmp_path, imgsz=64, model=fx.YoloLikeDetectionModel())

@@ -238,7 +238,7 @@ def test_usage_errors(runner, state_file: Path) -> None:  # type: ignore[no-unty
 
 
 def test_internal_error_is_exit_4(runner, state_file: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import coordatt_diag.analysis as analysis
+    import coordatt_diag.runs.inspect as analysis
 
     def broken(*a: object, **k: object) -> None:
         raise ZeroDivisionError("bug")

@@ -82,7 +82,7 @@ def test_healthy_masks_vary() -> None:
 
 
 def test_factory_matches_the_cli_spec() -> None:
-    from coordatt_diag.checkpoint import build_from_factory
+    from coordatt_diag.load.checkpoint import build_from_factory
 
     model = build_from_factory(FACTORY, None)
     assert sum(isinstance(m, CoordinateAtt) for m in model.modules()) == 3

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from coordatt_diag.cli import app
-from coordatt_diag.devices import resolve_device, resolve_placement
-from coordatt_diag.distributed import RankError, raise_first_error, to_device
 from coordatt_diag.errors import UsageError
-from coordatt_diag.stats import MaskAccumulator
+from coordatt_diag.load.devices import resolve_device, resolve_placement
+from coordatt_diag.runs.distributed import RankError, raise_first_error, to_device
+from coordatt_diag.stats.masks import MaskAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ["--model", "coordatt_diag.demo:digits_net", "--tensors",

@@ -1,4 +1,4 @@
-"""Mask effect (`inspect --effect`, `coordatt_diag.effect`): constructed cases, the demo pair, CLI."""
+"""Mask effect (`inspect --effect`, `coordatt_diag.runs.effect`): constructed cases, the demo pair, CLI."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import pytest
 import torch
 from torch import nn
 
-from coordatt_diag.analysis import find_blocks
 from coordatt_diag.cli import app
 from coordatt_diag.demo import digits_net
-from coordatt_diag.effect import load_labels, measure_effect
-from coordatt_diag.health import dead_weight
+from coordatt_diag.health.rules import dead_weight
+from coordatt_diag.health.thresholds import Thresholds
 from coordatt_diag.reports.terminal import make_console, render
 from coordatt_diag.results import Ablation, BlockReport, MaskEffect, Report
-from coordatt_diag.thresholds import Thresholds
+from coordatt_diag.runs.effect import load_labels, measure_effect
+from coordatt_diag.runs.inspect import find_blocks
 from tests.fixtures import models as fx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -295,7 +295,7 @@ def test_render_shows_effect_table() -> None:
     import io
 
     x = _x()
-    from coordatt_diag.analysis import analyze_model
+    from coordatt_diag.runs.inspect import analyze_model
 
     report = analyze_model(_constructed(pos=4.0), [x])
     effect = MaskEffect(positional=Ablation(0.25, 0.5, 0.125), constant=Ablation(0.5, 0.25, None),

@@ -9,7 +9,7 @@ import torch
 
 from coordatt_diag import analyze_model
 from coordatt_diag.errors import UsageError
-from coordatt_diag.thresholds import ThresholdConfig, Thresholds, load_thresholds
+from coordatt_diag.health.thresholds import ThresholdConfig, Thresholds, load_thresholds
 from tests.fixtures.models import constructed_net
 
 X = [torch.randn(4, 3, 12, 10, generator=torch.Generator().manual_seed(0))]

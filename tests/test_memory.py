@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from coordatt_diag import memory
-from coordatt_diag.analysis import run_batches
 from coordatt_diag.cli import app
 from coordatt_diag.demo import digits_net
 from coordatt_diag.errors import InputError
-from coordatt_diag.stats import FOLD_EVERY
+from coordatt_diag.load import memory
+from coordatt_diag.runs.inspect import run_batches
+from coordatt_diag.stats.masks import FOLD_EVERY
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -364,9 +364,9 @@ def test_refuses_non_report_folder_unless_forced(folder: Path, tmp_path: Path,
 
 def test_failed_render_leaves_no_folder(folder: Path, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from coordatt_diag.reporting import read_saved_report
     from coordatt_diag.reports import folder as folder_mod
     from coordatt_diag.reports import html_report
+    from coordatt_diag.reports.report_command import read_saved_report
 
     report = read_saved_report(folder / "report.json")
 
@@ -419,8 +419,8 @@ def test_help_imports_neither_torch_nor_matplotlib() -> None:
 
 
 def test_overlay_maps_match_a_hand_computation() -> None:
-    from coordatt_diag.analysis import find_blocks
-    from coordatt_diag.overlays import collect_overlays
+    from coordatt_diag.runs.inspect import find_blocks
+    from coordatt_diag.runs.overlays import collect_overlays
 
     model = _model()
     x = torch.rand(3, 3, 24, 20)
@@ -445,8 +445,8 @@ def test_overlay_maps_match_a_hand_computation() -> None:
 
 
 def test_overlay_images_are_the_inputs_denormalised(inputs: dict[str, Path]) -> None:
-    from coordatt_diag.inputs import decode_image
-    from coordatt_diag.overlays import display_images
+    from coordatt_diag.load.inputs import decode_image
+    from coordatt_diag.runs.overlays import display_images
 
     path = next(inputs["images"].glob("*.png"))
     unit = decode_image(path, 3, 32, "unit")
@@ -459,9 +459,9 @@ def test_overlay_images_are_the_inputs_denormalised(inputs: dict[str, Path]) -> 
 
 
 def test_overlays_show_the_first_samples_of_the_run(inputs: dict[str, Path]) -> None:
-    from coordatt_diag.analysis import InspectOptions
-    from coordatt_diag.inputs import decode_image
-    from coordatt_diag.overlays import inspect_with_overlays
+    from coordatt_diag.load.inputs import decode_image
+    from coordatt_diag.runs.inspect import InspectOptions
+    from coordatt_diag.runs.overlays import inspect_with_overlays
 
     opts = InspectOptions(trust=True, images=inputs["images"], imgsz=32, batch_size=2)
     report, overlays = inspect_with_overlays(inputs["model"], opts, overlays=3)
@@ -472,7 +472,7 @@ def test_overlays_show_the_first_samples_of_the_run(inputs: dict[str, Path]) -> 
                                    atol=1e-6)
     assert report.inputs.samples == 5  # the statistics still saw every sample
     # the run is exactly inspect's (inspect_with_overlays repeats its steps)
-    from coordatt_diag.analysis import inspect_checkpoint
+    from coordatt_diag.runs.inspect import inspect_checkpoint
 
     assert report.to_dict() == inspect_checkpoint(inputs["model"], opts).to_dict()
     for ov in overlays.blocks.values():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from coordatt_diag.stats import (
+from coordatt_diag.stats.masks import (
     FOLD_EVERY,
     BlockAccumulator,
     MaskAccumulator,

@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from coordatt_diag.errors import UsageError
-from coordatt_diag.gate import CheckResult
-from coordatt_diag.health import worst
+from coordatt_diag.health.rules import worst
 from coordatt_diag.reports.atomic import write_text
-from coordatt_diag.reports.json_report import _clean
+from coordatt_diag.reports.json_report import _clean, write_report
 from coordatt_diag.results import Finding, display_name
+from coordatt_diag.runs.check import CheckResult, baseline_report
 
 
 def _short(f: Finding) -> str:
@@ -75,7 +75,6 @@ def emit_check(
     Raises:
         UsageError: `write_baseline` with several checkpoints.
     """
-    from coordatt_diag.gate import write_baseline as write_baseline_file
     from coordatt_diag.reports.github import annotation_lines, append_step_summary
     from coordatt_diag.reports.junit import write_junit
     from coordatt_diag.reports.terminal import make_console, render
@@ -95,7 +94,7 @@ def emit_check(
     if junit is not None:
         write_junit(result, junit)
     if write_baseline is not None:
-        write_baseline_file(result.verdicts[0].report, write_baseline)
+        write_report(baseline_report(result.verdicts[0].report), write_baseline)
     if env.get("GITHUB_ACTIONS") == "true":
         stream = sys.stderr if json_out == "-" else sys.stdout
         for line in annotation_lines(result):

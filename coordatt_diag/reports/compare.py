@@ -12,10 +12,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from coordatt_diag.compare import Change, Comparison
 from coordatt_diag.reports.atomic import write_text
 from coordatt_diag.reports.json_report import _clean
 from coordatt_diag.results import Finding, display_name
+from coordatt_diag.runs.compare import Change, Comparison
 
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "info": "cyan"}
 

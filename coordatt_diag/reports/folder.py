@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coordatt_diag.errors import UsageError
-from coordatt_diag.overlays import Overlays
 from coordatt_diag.results import Report
+from coordatt_diag.runs.overlays import Overlays
 
 #: What a report folder holds; a folder with nothing else is a previous report.
 REPORT_ENTRIES = frozenset({"index.html", "report.md", "report.json", "plots"})

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordatt_diag.gate import CheckResult, Verdict
 from coordatt_diag.results import Finding, MaskStats, display_name
+from coordatt_diag.runs.check import CheckResult, Verdict
 
 _COMMAND = {"fail": "error", "warn": "warning", "info": "notice"}
 

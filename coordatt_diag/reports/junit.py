@@ -15,9 +15,9 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from coordatt_diag.gate import CheckResult, Verdict
 from coordatt_diag.reports.atomic import write_text
 from coordatt_diag.results import Finding, display_name
+from coordatt_diag.runs.check import CheckResult, Verdict
 
 
 def _finding_text(f: Finding) -> str:

@@ -1,4 +1,4 @@
-"""One line of text per part of a seed block's `extra["monitor"]` (`coordatt_diag.monitor`).
+"""One line of text per part of a seed block's `extra["monitor"]` (`coordatt_diag.stats.monitor`).
 
 Shared by the terminal, Markdown and HTML renderers; formatting only, nothing is computed.
 """

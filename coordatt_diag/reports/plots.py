@@ -4,7 +4,7 @@
   saturation lines at 0.01 / 0.99 and the near-constant band (mean +- `near_constant_warn`);
   the axis profiles (`MaskStats.profile_h` / `profile_w`: mean mask value at each position with the
   channel-to-channel spread; a flat line is a position-blind block); the overlays (sample images
-  with the block's channel-averaged map, see `coordatt_diag.overlays`);
+  with the block's channel-averaged map, see `coordatt_diag.runs.overlays`);
 * for the model: the mask std and the std ratio of every block in model order, with thresholds,
   coloured by status; and the overlay grid, one column per block.
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from coordatt_diag.overlays import BlockOverlay, Overlays
+    from coordatt_diag.runs.overlays import BlockOverlay, Overlays
 
 FORMATS = ("png", "svg")
 #: Saturation thresholds of the findings (`sat_low` counts values <= 0.01, `sat_high` >= 0.99).

@@ -18,7 +18,7 @@ from rich.text import Text
 from coordatt_diag.reports.atomic import write_bytes, write_text
 from coordatt_diag.reports.json_report import _clean
 from coordatt_diag.results import display_name
-from coordatt_diag.trend import Trend
+from coordatt_diag.runs.trend import Trend
 
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
 

@@ -23,11 +23,13 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from coordatt_diag import __version__, distributed, memory
-from coordatt_diag.capture import BlockCall, BlockSpec, MaskCapture, discover_blocks
-from coordatt_diag.devices import Placement, resolve_placement
+from coordatt_diag import __version__
+from coordatt_diag.capture.engine import BlockCall, BlockSpec, MaskCapture, discover_blocks
 from coordatt_diag.errors import InputError, NoBlocksError, UsageError
-from coordatt_diag.health import judge_block, summarize
+from coordatt_diag.health.rules import judge_block, summarize
+from coordatt_diag.health.thresholds import ThresholdConfig
+from coordatt_diag.load import memory
+from coordatt_diag.load.devices import Placement, resolve_placement
 from coordatt_diag.results import (
     SCHEMA_ID,
     BlockReport,
@@ -36,8 +38,9 @@ from coordatt_diag.results import (
     MaskEffect,
     Report,
 )
-from coordatt_diag.stats import BlockAccumulator, sample_moments
-from coordatt_diag.thresholds import ThresholdConfig
+from coordatt_diag.runs import distributed
+from coordatt_diag.runs.forward import _forward, _forward_errors, _model_device, model_dtype, preserved_mode
+from coordatt_diag.stats.masks import BlockAccumulator, sample_moments
 
 Progress = Callable[[int], None]
 #: Called once per block at the end of a run with the block's module; returns extra statistics.
@@ -51,7 +54,7 @@ class RunState:
     blocks: list[BlockSpec]
     acc: dict[str, BlockAccumulator] = field(default_factory=dict)
     #: Per-batch observers beside the mask statistics (`BlockObserver`; by default the seed
-    #: blocks' monitor, `coordatt_diag.monitor`): attached for the run, shown every block call,
+    #: blocks' monitor, `coordatt_diag.stats.monitor`): attached for the run, shown every block call,
     #: asked for each block's `extra` entries at the end, merged with their counterparts.
     observers: list[BlockObserver] = field(default_factory=lambda: _default_observers())
 
@@ -99,21 +102,9 @@ class BlockObserver(Protocol):
 
 
 def _default_observers() -> list[BlockObserver]:
-    from coordatt_diag.monitor import MonitorObserver
+    from coordatt_diag.stats.monitor import MonitorObserver
 
     return [MonitorObserver()]
-
-
-@contextlib.contextmanager
-def preserved_mode(model: nn.Module) -> Iterator[None]:
-    """Put the model in eval mode for the duration, then restore every module's flag."""
-    flags = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        yield
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
 
 
 def _compile_pattern(pattern: str | None) -> str | None:
@@ -126,24 +117,6 @@ def _compile_pattern(pattern: str | None) -> str | None:
     except re.error as exc:
         raise UsageError(f"--blocks {pattern!r} is not a valid regular expression: {exc}") from exc
     return pattern
-
-
-@contextlib.contextmanager
-def _forward_errors(batch: torch.Tensor) -> Iterator[None]:
-    """A RuntimeError of the model's forward pass becomes an input error naming the batch."""
-    try:
-        yield
-    except RuntimeError as exc:
-        first = (str(exc).strip().splitlines() or ["RuntimeError"])[0][:240]
-        raise InputError(
-            f"the model's forward pass failed on a batch of shape {tuple(batch.shape)}: {first}; "
-            "check --imgsz, the channel count and the input tensors"
-        ) from exc
-
-
-def _forward(model: nn.Module, batch: torch.Tensor) -> Any:
-    with _forward_errors(batch):
-        return model(batch)
 
 
 def find_blocks(model: nn.Module, sample: torch.Tensor, pattern: str | None = None) -> list[BlockSpec]:
@@ -242,7 +215,7 @@ def run_batches(
         progress: called with the number of batches done after each batch.
         dtype: the dtype floating inputs are cast to (default: the model's).
 
-    Under torchrun (see `coordatt_diag.distributed`) each rank runs every world-th batch and the
+    Under torchrun (see `coordatt_diag.runs.distributed`) each rank runs every world-th batch and the
     returned state holds the merged statistics of all ranks.
 
     Returns:
@@ -307,23 +280,9 @@ def _merged(state: RunState, error: tuple[str, str, int] | None) -> RunState:
     return merged
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def model_dtype(model: nn.Module) -> torch.dtype:
-    """The dtype of the model's first floating parameter (float32 when it has none)."""
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32
-
-
 def place_model(model: nn.Module, device: str | None = None, half: bool = False,
                 half_dtype: str = "float16") -> Placement:
-    """Resolve `--device` / `--half` and move the model there (see `coordatt_diag.devices`).
+    """Resolve `--device` / `--half` and move the model there (see `coordatt_diag.load.devices`).
 
     Raises:
         UsageError: a device this machine lacks, or `--half` without CUDA.
@@ -412,7 +371,7 @@ class InspectOptions:
     device: str | None = None  # cpu, cuda, cuda:N, auto (None: auto)
     half: bool = False
     half_dtype: str = "float16"
-    effect: bool = False  # also measure the mask effect (coordatt_diag.effect)
+    effect: bool = False  # also measure the mask effect (coordatt_diag.runs.effect)
     labels: Path | None = None  # class indices of the inputs, for the effect's accuracy drop
 
 
@@ -425,11 +384,11 @@ def inspect_checkpoint(
     """Load the checkpoint at `path`, run the inputs the options name, and return the report.
 
     With `options.effect`, the inputs are opened and run again for the mask effect
-    (`coordatt_diag.effect`), which reports the batches it has done to `effect_progress`.
+    (`coordatt_diag.runs.effect`), which reports the batches it has done to `effect_progress`.
     """
-    from coordatt_diag.checkpoint import add_import_paths, load_model
-    from coordatt_diag.inputs import input_channels, open_inputs
-    from coordatt_diag.thresholds import load_thresholds
+    from coordatt_diag.health.thresholds import load_thresholds
+    from coordatt_diag.load.checkpoint import add_import_paths, load_model
+    from coordatt_diag.load.inputs import input_channels, open_inputs
 
     opts = options or InspectOptions()
     thresholds = load_thresholds(opts.config)
@@ -449,7 +408,7 @@ def inspect_checkpoint(
                         device=placement.device, progress=progress)
     effects = None
     if opts.effect:
-        from coordatt_diag.effect import effect_of_inputs
+        from coordatt_diag.runs.effect import effect_of_inputs
 
         effects = effect_of_inputs(loaded.model, state.blocks, open_stream, stream.info(),
                                    labels=labels, limited=opts.batches is not None,
@@ -463,6 +422,6 @@ def _effect_labels(opts: InspectOptions) -> torch.Tensor | None:
         return None
     if not opts.effect:
         raise UsageError("--labels is used by the mask effect: add --effect")
-    from coordatt_diag.effect import load_labels
+    from coordatt_diag.runs.effect import load_labels
 
     return load_labels(opts.labels)

@@ -29,7 +29,7 @@ from coordatt_diag.errors import UsageError
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Every threshold of `coordatt_diag.health` (the README's thresholds table).
+    """Every threshold of `coordatt_diag.health.rules` (the README's thresholds table).
 
     Attributes:
         near_constant_warn: a mask std below this is a near-constant mask (warn).

@@ -12,8 +12,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from coordatt_diag.health.thresholds import ThresholdConfig, Thresholds
 from coordatt_diag.results import BlockReport, Finding, Report, Summary
-from coordatt_diag.thresholds import ThresholdConfig, Thresholds
 
 Rule = Callable[[BlockReport, Thresholds], list[Finding]]
 
@@ -176,7 +176,7 @@ def dead_weight(block: BlockReport, th: Thresholds) -> list[Finding]:
     )]
 
 
-# Seed blocks' own signals: `extra["monitor"]` (`coordatt_diag.monitor`). Remedies name the seed
+# Seed blocks' own signals: `extra["monitor"]` (`coordatt_diag.stats.monitor`). Remedies name the seed
 # 001 step-2 settings and the seed 000 add-ons.
 
 UNTRAINED_REMEDY = (

@@ -1,6 +1,6 @@
 """Mask overlays for the report pages: a few input samples with each block's map laid over them.
 
-The statistics of a run never keep the masks (`coordatt_diag.stats` reduces each batch). For the
+The statistics of a run never keep the masks (`coordatt_diag.stats.masks` reduces each batch). For the
 overlays `inspect_with_overlays` keeps the first N input samples of the run (N is small: 4 by
 default) and, once the statistics are done, runs one short extra pass over those samples with its
 own `MaskCapture` callback (`OverlayCollector`). The collector keeps one channel-averaged map per
@@ -35,9 +35,9 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from coordatt_diag.analysis import InspectOptions, Progress
-    from coordatt_diag.capture import BlockCall, BlockSpec
+    from coordatt_diag.capture.engine import BlockCall, BlockSpec
     from coordatt_diag.results import Report
+    from coordatt_diag.runs.inspect import InspectOptions, Progress
 
 #: Longest side of a sample image kept for display (pixels).
 DISPLAY_SIDE = 256
@@ -142,8 +142,8 @@ def collect_overlays(model: nn.Module, blocks: list[BlockSpec], samples: torch.T
     """
     import torch
 
-    from coordatt_diag.analysis import model_dtype
-    from coordatt_diag.capture import MaskCapture
+    from coordatt_diag.capture.engine import MaskCapture
+    from coordatt_diag.runs.inspect import model_dtype
 
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -239,7 +239,7 @@ def inspect_with_overlays(
     Returns:
         The report, and the overlays (None when `overlays` is 0).
     """
-    from coordatt_diag.analysis import (
+    from coordatt_diag.runs.inspect import (
         InspectOptions,
         _effect_labels,
         finalize,
@@ -255,9 +255,9 @@ def inspect_with_overlays(
         return inspect_checkpoint(path, opts, progress, effect_progress), None
 
     # The same steps as `inspect_checkpoint`, keeping the model and the first samples.
-    from coordatt_diag.checkpoint import add_import_paths, load_model
-    from coordatt_diag.inputs import input_channels, open_inputs
-    from coordatt_diag.thresholds import load_thresholds
+    from coordatt_diag.health.thresholds import load_thresholds
+    from coordatt_diag.load.checkpoint import add_import_paths, load_model
+    from coordatt_diag.load.inputs import input_channels, open_inputs
 
     thresholds = load_thresholds(opts.config)
     labels = _effect_labels(opts)
@@ -283,7 +283,7 @@ def inspect_with_overlays(
                         progress=progress)
     effects = None
     if opts.effect:
-        from coordatt_diag.effect import effect_of_inputs
+        from coordatt_diag.runs.effect import effect_of_inputs
 
         effects = effect_of_inputs(loaded.model, state.blocks, open_stream, stream.info(),
                                    labels=labels, limited=opts.batches is not None,

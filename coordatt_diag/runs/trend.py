@@ -1,6 +1,6 @@
 """Mask health across the checkpoints of a training run: the library behind `coordatt-diag trend`.
 
-Every checkpoint is run on the same inputs, read once (`coordatt_diag.multirun`). The checkpoints
+Every checkpoint is run on the same inputs, read once (`coordatt_diag.runs.multirun`). The checkpoints
 are put in the order of the epoch each file records (`CheckpointInfo.epoch`; Ultralytics writes
 -1 into the final stripped weights, which counts as no epoch), and those without one after them,
 by name in natural order (epoch2.pt before epoch10.pt). For each block the trend holds, per
@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coordatt_diag.multirun import natural_key
 from coordatt_diag.results import Finding, InputsInfo, Report
+from coordatt_diag.runs.multirun import natural_key
 
 if TYPE_CHECKING:
-    from coordatt_diag.analysis import InspectOptions, Progress
+    from coordatt_diag.runs.inspect import InspectOptions, Progress
 
 TREND_SCHEMA_ID = "coordatt-diag/trend@1"
 
@@ -193,7 +193,7 @@ def trend_checkpoints(
     Raises:
         UsageError, CheckpointError, InputError: as `inspect_checkpoint`.
     """
-    from coordatt_diag.multirun import expand_paths, inspect_checkpoints
+    from coordatt_diag.runs.multirun import expand_paths, inspect_checkpoints
 
     files = expand_paths(paths)
     return build_trend(inspect_checkpoints(files, options, progress, on_checkpoint))

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coordatt_diag.capture import BlockCall, BlockSpec
+from coordatt_diag.capture.engine import BlockCall, BlockSpec
 
 _F64 = torch.float64
 #: Router outputs kept per router between its call and the block's end (a bound, not a buffer).

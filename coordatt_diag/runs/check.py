@@ -37,12 +37,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coordatt_diag.errors import InputError, UsageError
-from coordatt_diag.health import summarize, worst
+from coordatt_diag.health.rules import summarize, worst
+from coordatt_diag.health.thresholds import ThresholdConfig
 from coordatt_diag.results import SEVERITIES, BlockReport, Finding, Report, display_name
-from coordatt_diag.thresholds import ThresholdConfig
 
 if TYPE_CHECKING:
-    from coordatt_diag.analysis import InspectOptions, Progress
+    from coordatt_diag.runs.inspect import InspectOptions, Progress
 
 CHECK_SCHEMA_ID = "coordatt-diag/check@1"
 
@@ -437,9 +437,9 @@ def check_checkpoints(
         UsageError, CheckpointError, InputError: as `inspect_checkpoint`; an unreadable baseline
             is an InputError.
     """
-    from coordatt_diag.analysis import InspectOptions
-    from coordatt_diag.multirun import expand_paths, inspect_checkpoints
-    from coordatt_diag.thresholds import load_thresholds
+    from coordatt_diag.health.thresholds import load_thresholds
+    from coordatt_diag.runs.inspect import InspectOptions
+    from coordatt_diag.runs.multirun import expand_paths, inspect_checkpoints
 
     check_fail_on(fail_on)
     bopts = baseline_options or BaselineOptions()
@@ -464,10 +464,3 @@ def check_checkpoints(
             started=times[i][0], seconds=round(times[i + 1][1] - times[i][1], 3)))
     return CheckResult(verdicts=verdicts, fail_on=fail_on,
                        baseline=str(baseline) if baseline is not None else None, options=bopts)
-
-
-def write_baseline(report: Report, path: Path) -> None:
-    """Write `report` as a baseline (the report JSON, without earlier baseline findings)."""
-    from coordatt_diag.reports.json_report import write_report
-
-    write_report(baseline_report(report), path)

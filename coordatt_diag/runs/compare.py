@@ -27,7 +27,7 @@ from coordatt_diag.results import (
 )
 
 if TYPE_CHECKING:
-    from coordatt_diag.analysis import InspectOptions, Progress
+    from coordatt_diag.runs.inspect import InspectOptions, Progress
 
 COMPARE_SCHEMA_ID = "coordatt-diag/compare@1"
 #: Statistics of a mask that are compared.
@@ -222,7 +222,7 @@ def compare_sources(
         UsageError, CheckpointError, InputError: as `inspect_checkpoint`; an unreadable report
             JSON is an InputError.
     """
-    from coordatt_diag.gate import read_report_file
+    from coordatt_diag.runs.check import read_report_file
 
     sources = [a, b]
     reports: dict[int, Report] = {}
@@ -231,7 +231,7 @@ def compare_sources(
             reports[i] = read_report_file(p)
     todo = [i for i in range(2) if i not in reports]
     if todo:
-        from coordatt_diag.multirun import inspect_checkpoints
+        from coordatt_diag.runs.multirun import inspect_checkpoints
 
         run = inspect_checkpoints([sources[i] for i in todo], options, progress, on_checkpoint)
         reports.update(zip(todo, run, strict=True))

@@ -18,7 +18,7 @@ and the accuracy drop when labels are given.
 
 Cost: one plain forward per batch, plus one forward per block and replacement (two per block).
 Under torchrun the batches are shared out as in the statistics pass (batch i on rank i mod N,
-`coordatt_diag.distributed`); every batch is ablated whole, so the per-block sums of the ranks
+`coordatt_diag.runs.distributed`); every batch is ablated whole, so the per-block sums of the ranks
 add up to those of one process and every rank gets the same effect.
 
 Example:
@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from coordatt_diag.capture import BlockCall, BlockSpec, MaskCapture
+from coordatt_diag.capture.engine import BlockCall, BlockSpec, MaskCapture
 from coordatt_diag.errors import InputError
-from coordatt_diag.inputs import read_array_file
+from coordatt_diag.load.inputs import read_array_file
 from coordatt_diag.results import Ablation, InputsInfo, MaskEffect
 
 if TYPE_CHECKING:
-    from coordatt_diag.distributed import Group
+    from coordatt_diag.runs.distributed import Group
 
 #: The replacements, in report order.
 MODES = ("positional", "constant")
@@ -230,8 +230,8 @@ def measure_effect(
     Raises:
         InputError: the labels do not fit the batches or the model output, or there is no batch.
     """
-    from coordatt_diag import distributed
-    from coordatt_diag.analysis import _model_device
+    from coordatt_diag.runs import distributed
+    from coordatt_diag.runs.forward import _model_device
 
     dev = torch.device(device) if device is not None else _model_device(model)
     runs: dict[str, _BlockRun] = {}
@@ -287,7 +287,7 @@ def _run_batches(model: nn.Module, runs: dict[str, _BlockRun], sums: _Sums,
                  batches: Iterable[torch.Tensor], labels: torch.Tensor | None, dev: torch.device,
                  shard: Group | None, progress: Progress | None) -> None:
     """Add this process's batches (all of them, or its shard under torchrun) to `sums`."""
-    from coordatt_diag.analysis import _forward, preserved_mode
+    from coordatt_diag.runs.forward import _forward, preserved_mode
 
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     tallies = sums.tallies

@@ -2,8 +2,8 @@
 write the report folder (`coordatt_diag.reports.folder`).
 
 Example:
-    >>> from coordatt_diag.analysis import InspectOptions
-    >>> from coordatt_diag.reporting import make_report
+    >>> from coordatt_diag.runs.inspect import InspectOptions
+    >>> from coordatt_diag.reports.report_command import make_report
     >>> folder = make_report(Path("diag"), Path("best.pt"), InspectOptions(trust=True))
     >>> folder.index  # diag/index.html
 """
@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 from coordatt_diag.errors import InputError, UsageError
 
 if TYPE_CHECKING:
-    from coordatt_diag.analysis import InspectOptions, Progress
     from coordatt_diag.reports.folder import ReportFolder
     from coordatt_diag.results import Report
+    from coordatt_diag.runs.inspect import InspectOptions, Progress
 
 FROM_JSON_NOTE = ("Overlays are not available with --from-json: a report JSON holds statistics, "
                   "not masks or images. Run `coordatt-diag report` on the checkpoint for them.")
@@ -53,7 +53,7 @@ def select_blocks(report: Report, pattern: str) -> Report:
     Raises:
         UsageError: the pattern is invalid or matches no block.
     """
-    from coordatt_diag.health import summarize
+    from coordatt_diag.health.rules import summarize
 
     try:
         regex = re.compile(pattern)
@@ -100,11 +100,11 @@ def make_report(
         UsageError: bad options or `out` (checked before the model runs).
         DiagError: the errors of `inspect` (checkpoint, inputs, no blocks).
     """
-    from coordatt_diag.analysis import InspectOptions
-    from coordatt_diag.distributed import is_writer
-    from coordatt_diag.overlays import inspect_with_overlays
     from coordatt_diag.reports.folder import check_out_dir, write_report_folder
     from coordatt_diag.reports.plots import FORMATS
+    from coordatt_diag.runs.distributed import is_writer
+    from coordatt_diag.runs.inspect import InspectOptions
+    from coordatt_diag.runs.overlays import inspect_with_overlays
 
     if (checkpoint is None) == (from_json is None):
         raise UsageError("name a checkpoint or --from-json FILE (one of them)")

@@ -69,7 +69,7 @@ def input_size(model: nn.Module | None, imgsz: int | None) -> InputSize:
         model: the model to feed (None: no model-specific rule).
         imgsz: the side asked for (`--imgsz`), or None for the default.
     """
-    from coordatt_diag.checkpoint import yolo_stride
+    from coordatt_diag.load.checkpoint import yolo_stride
 
     stride = yolo_stride(model) if model is not None else None
     if stride is None:

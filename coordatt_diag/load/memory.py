@@ -1,7 +1,7 @@
 """Will a batch fit? Measure the activation memory of two samples, check the batch before the run.
 
 The statistics themselves take a few numbers per mask whatever the number of batches (see
-`coordatt_diag.stats`): what grows with the inputs is the model's own forward pass, linearly in
+`coordatt_diag.stats.masks`): what grows with the inputs is the model's own forward pass, linearly in
 the batch size. `measure_activations` runs two samples under a dispatch mode that follows every
 tensor the forward pass creates until it is freed and keeps the peak of the live bytes (on any
 device, without an allocator's help); `check_batch` scales it to the batch and compares it with

@@ -2,7 +2,7 @@
 
 `resolve_device("auto")` picks CUDA when torch sees a GPU (under torchrun, the GPU of the local
 rank), else the CPU. `--half` runs the model in float16 (or bfloat16) on CUDA only; the
-statistics stay float32/float64 whatever the model's precision (see `coordatt_diag.stats`).
+statistics stay float32/float64 whatever the model's precision (see `coordatt_diag.stats.masks`).
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from coordatt_diag.errors import CheckpointError, UsageError
 if TYPE_CHECKING:
     import torch
 
-    from coordatt_diag.analysis import InspectOptions, Progress
     from coordatt_diag.results import Report
+    from coordatt_diag.runs.inspect import InspectOptions, Progress
 
 #: Batches kept in memory before the rest go to a temporary folder (512 MiB).
 MEMORY_LIMIT = 512 * 1024 * 1024
@@ -153,10 +153,10 @@ def inspect_checkpoints(
     Raises:
         UsageError, CheckpointError, InputError: as `inspect_checkpoint`.
     """
-    from coordatt_diag.analysis import InspectOptions, finalize, place_model, run_batches
-    from coordatt_diag.checkpoint import add_import_paths, load_model
-    from coordatt_diag.inputs import input_channels, open_inputs
-    from coordatt_diag.thresholds import load_thresholds
+    from coordatt_diag.health.thresholds import load_thresholds
+    from coordatt_diag.load.checkpoint import add_import_paths, load_model
+    from coordatt_diag.load.inputs import input_channels, open_inputs
+    from coordatt_diag.runs.inspect import InspectOptions, finalize, place_model, run_batches
 
     if not paths:
         raise UsageError("no checkpoint given")
