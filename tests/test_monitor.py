@@ -133,9 +133,10 @@ def test_each_block_type_reports_its_monitor(validate_report) -> None:  # type: 
     assert plus["scale_clamp"]["count"] == 3 * 4 * C * 12 * 10
     assert "head_init_std" not in plus  # seed 001 heads: the 0.01 of the thresholds
 
-    # one CBAMChannelPlusCoord is one block: channel, a_h, a_w; its monitor has three parts
+    # one CBAMChannelPlusCoord is one block: the fusion router's branch weights (select),
+    # channel, a_h, a_w; its monitor has three parts
     cbam = report.block("4.att")
-    assert list(cbam.masks) == ["channel", "a_h", "a_w"]
+    assert list(cbam.masks) == ["select", "channel", "a_h", "a_w"]
     parts = _monitor(report, "4.att")
     assert set(parts) == {"", "ca", "coord"}
     assert parts[""]["alpha"] == pytest.approx(0.75) and parts[""]["r_ema"] == 1.0

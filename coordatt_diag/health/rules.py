@@ -41,7 +41,7 @@ def _level(mean: float) -> str:
 def near_constant(block: BlockReport, th: Thresholds) -> list[Finding]:
     """A mask that barely varies: the block is an expensive constant scale."""
     out = []
-    for name, m in block.masks.items():
+    for name, m in _scales(block):
         if m.std is None or m.mean is None:
             continue
         if not th.near_constant_mean_low <= m.mean <= th.near_constant_mean_high:
@@ -67,6 +67,32 @@ def near_constant(block: BlockReport, th: Thresholds) -> list[Finding]:
     return out
 
 
+def _scales(block: BlockReport) -> list[tuple[str, Any]]:
+    """Masks that scale a feature; `select` masks (weights across branches, summing to one) are
+    judged by `branch_locked` instead."""
+    return [(n, m) for n, m in block.masks.items() if n.split("#")[0] != "select"]
+
+
+def branch_locked(block: BlockReport, th: Thresholds) -> list[Finding]:
+    """Branch weights (`select`: SK, EPSA, LSK, a router) that are almost all 0 or 1: every
+    sample takes one branch and the others are ignored."""
+    out = []
+    for name, m in block.masks.items():
+        if name.split("#")[0] != "select" or not m.count:
+            continue
+        share = m.sat_low + m.sat_high
+        if share < th.router_lock_share:
+            continue
+        out.append(_finding(
+            block, "branch_locked", "warn", name, share, th.router_lock_share,
+            f"{name} is locked: {share:.1%} of the branch weights are <= 0.01 or >= 0.99 "
+            f"(>= {th.router_lock_share:.0%}), so each sample takes a single branch",
+            "keep the selection soft: a higher softmax temperature, or a smaller learning rate "
+            "for the selection layers",
+        ))
+    return out
+
+
 def pass_through(block: BlockReport, th: Thresholds) -> list[Finding]:
     """A mask mostly >= 0.99: the block costs compute and changes nothing."""
     return [
@@ -75,7 +101,7 @@ def pass_through(block: BlockReport, th: Thresholds) -> list[Finding]:
                  f"(> {th.pass_through_share:.0%})",
                  "the block costs compute and changes nothing: check the head bias and the "
                  "learning rate of the heads, try add-on 4 (per-axis alpha) or remove the block")
-        for name, m in block.masks.items()
+        for name, m in _scales(block)
         if m.count and m.sat_high > th.pass_through_share
     ]
 
@@ -83,7 +109,7 @@ def pass_through(block: BlockReport, th: Thresholds) -> list[Finding]:
 def suppression(block: BlockReport, th: Thresholds) -> list[Finding]:
     """A mask often <= 0.01: the block shuts the signal off."""
     out = []
-    for name, m in block.masks.items():
+    for name, m in _scales(block):
         if not m.count or m.sat_low <= th.suppression_warn:
             continue
         fail = m.sat_low > th.suppression_fail
@@ -105,7 +131,7 @@ def dead_hard_gate(block: BlockReport, th: Thresholds) -> list[Finding]:
                  f"(> {th.dead_gate_share:.0%}): no gradient flows through the gate there",
                  "a hard sigmoid saturates outside [-3, 3]: use the sigmoid gate, scale the head "
                  "init down (std 0.01) or add add-on 6 (attention residual)")
-        for name, m in block.masks.items()
+        for name, m in _scales(block)
         if m.count and m.exact01 > th.dead_gate_share
     ]
 
@@ -330,7 +356,7 @@ def alpha_off(block: BlockReport, th: Thresholds) -> list[Finding]:
 
 RULES: list[Rule] = [nonfinite, near_constant, pass_through, suppression, dead_hard_gate,
                      position_blind, low_std_ratio, dead_weight, router_locked, rescue_engaged,
-                     temperature_at_bound, scale_pinned, alpha_off]
+                     temperature_at_bound, scale_pinned, alpha_off, branch_locked]
 
 
 def judge_block(block: BlockReport, th: Thresholds, rules: list[Rule] | None = None) -> BlockReport:
