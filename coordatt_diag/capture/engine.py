@@ -91,7 +91,7 @@ _SCALE_OPS = _ADDS | _MULS | _DIVS | _CLAMPS | {
 }
 _ELEMENTWISE = _SCALE_OPS | set(_SIGMOIDS) | _RELU6 | _HARDTANH | _TANH | {
     "exp", "log", "rsqrt", "__abs__", "leaky_relu", "elu", "gelu", "silu", "hardswish", "mish",
-    "softplus", "sign", "erf", "relu6", "dropout", "batch_norm", "layer_norm",
+    "softplus", "sign", "erf", "relu6", "dropout",
 }
 _REDUCE = {"sum", "mean", "amax", "amin", "max", "min", "logsumexp"}
 
@@ -427,7 +427,7 @@ class _Tag:
     # gate index -> for each element, its position in that gate's output (-1: not from it);
     # None where the gate was resampled (pooled, interpolated) and positions are not followed
     gates: dict[int, torch.Tensor | None] | None = None
-    root: Any = None  # weak reference to the tensor this one is an elementwise function of
+    root: int | None = None  # token of the tensor this one is an elementwise function of
     serial: int = -1  # the oldest mask product on any path into this tensor (-1: none)
     blended: bool = False  # a gate-derived tensor mixed with a nonzero constant
 
@@ -465,7 +465,7 @@ class _GateRec:
     shape: tuple[int, ...]
     stack: tuple[_Call, ...]
     event: int
-    source: Any  # weak reference to the root of the gate's input
+    source: int | None  # root token of the gate's input
     batch_axis: int | None
     activation: bool = False
     uses: list[_Use] = field(default_factory=list)
@@ -493,6 +493,7 @@ class _Discovery(TorchFunctionMode):
         self.calls: list[_Call] = []
         self.n_events = 0
         self.serial = 0
+        self.next_root = 0
 
     # -- tags, by identity, without keeping tensors alive
     def get(self, t: Any) -> _Tag | None:
@@ -512,13 +513,18 @@ class _Discovery(TorchFunctionMode):
 
         tags[key] = (weakref.ref(t, drop), tag)
 
-    def root_of(self, t: torch.Tensor) -> torch.Tensor:
+    def root_of(self, t: torch.Tensor) -> int:
+        """A token for the tensor `t` is an elementwise function of (itself when none), stable for
+        the whole pass (tensors die and their ids are reused; tokens are not)."""
         tag = self.get(t)
         if tag is not None and tag.root is not None:
-            r = tag.root()
-            if r is not None:
-                return r  # type: ignore[no-any-return]
-        return t
+            return tag.root
+        self.next_root += 1
+        if tag is None:
+            self.put(t, _Tag(root=self.next_root))
+        else:
+            tag.root = self.next_root
+        return self.next_root
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
@@ -551,16 +557,16 @@ class _Discovery(TorchFunctionMode):
         root = None
         if (name in _ELEMENTWISE or name in _KEEP_IDX) and len(feats) == 1 \
                 and out0.shape == feats[0][0].shape:
-            root = weakref.ref(self.root_of(feats[0][0]))
-        if serial >= 0 or root is not None:
-            for o in outs:
+            root = self.root_of(feats[0][0])
+        for o in outs:  # an in-place op on a tagged tensor replaces its tag
+            if serial >= 0 or root is not None or self.get(o) is not None:
                 self.put(o, _Tag(root=root, serial=serial))
 
     def _gate(self, op: str, g: torch.Tensor) -> None:
         src = self.detector.source
         axis = _batch_axis(g, self.batch) if g.dim() else None
         rec = _GateRec(op=op, shape=tuple(g.shape), stack=tuple(self.stack), event=self.n_events,
-                       source=weakref.ref(self.root_of(src)) if src is not None else None,
+                       source=self.root_of(src) if src is not None else None,
                        batch_axis=axis)
         self.n_events += 1
         index = len(self.gates)
@@ -591,7 +597,7 @@ class _Discovery(TorchFunctionMode):
                     self.serial += 1
                     self.put(out0, _Tag(serial=self.serial))
                 elif found == "activation":
-                    self.put(out0, _Tag(root=weakref.ref(self.root_of(f)),
+                    self.put(out0, _Tag(root=self.root_of(f),
                                         serial=ft.serial if ft is not None else -1))
                 return
             if _is_batchless(f, b):
@@ -665,8 +671,7 @@ class _Discovery(TorchFunctionMode):
         result = None
         for gi, pos in (mt.gates or {}).items():
             rec = self.gates[gi]
-            src = rec.source() if rec.source is not None else None
-            if src is not None and src is froot:
+            if rec.source is not None and rec.source == froot:
                 rec.activation = True
                 result = result or "activation"
                 continue
@@ -1029,10 +1034,11 @@ def _spec(name: str, module: nn.Module, first_call: dict[str, _Call],
     for m in mine:
         depth = next(i for i, c in enumerate(m.rec.stack) if c is call)
         below = m.rec.stack[depth + 1] if depth + 1 < len(m.rec.stack) else None
-        # the child the gate comes from; a bare nn.Sigmoid of the block itself is no part
+        # the child the gate comes from; a bare nn.Sigmoid (or other torch.nn layer) of the
+        # block itself is no part
         part = ""
         if below is not None and (depth + 2 < len(m.rec.stack)
-                                  or any(True for _ in below.module.children())):
+                                  or not type(below.module).__module__.startswith("torch.nn")):
             part = _relative(below.name, name)
         fhw = m.uses[0].fhw
         follow = (0, 0)
