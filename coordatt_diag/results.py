@@ -157,8 +157,8 @@ class BlockReport:
     Attributes:
         name: module name as in `model.named_modules()` ("" is the model itself).
         type: the block's class name.
-        kind: "coordinate", "coordinate+channel", "coordinate-map", "cbam", "channel", "spatial"
-            or "other", from the masks it computes.
+        kind: "coordinate", "coordinate+channel", "coordinate-map", "cbam", "channel", "spatial",
+            "select" (weights across branches) or "other", from the masks it computes.
         feature: [C, H, W] of the block's input (first batch).
         masks: mask kind -> statistics, in the order the block computed them.
         std_ratio: the block's std ratio, None when its input or output is not a tensor.
@@ -168,7 +168,9 @@ class BlockReport:
         weight_rms: root mean square of the block's weight tensors (parameters with dim > 1).
         status: "ok", "warn" or "fail": the most severe of its findings.
         findings: the block's findings.
-        extra: family-specific statistics (e.g. a seed block's monitor, router and clamps).
+        extra: family-specific statistics (e.g. a seed block's monitor, router and clamps);
+            `forced: true` for a block named by `--blocks` that the search did not select;
+            `parts`: mask -> the child of the block it comes from (a residual block's `ca`).
         effect: how much the output changes when the masks are replaced (`--effect`), else None.
     """
 

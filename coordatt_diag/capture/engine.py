@@ -555,9 +555,12 @@ class _Discovery(TorchFunctionMode):
         serials = [t.serial if t is not None else -1 for _, t in feats]
         serial = max(serials) if name in _MULS else min(serials)
         root = None
-        if (name in _ELEMENTWISE or name in _KEEP_IDX) and len(feats) == 1 \
-                and out0.shape == feats[0][0].shape:
-            root = self.root_of(feats[0][0])
+        if (name in _ELEMENTWISE or name in _KEEP_IDX) \
+                and all(a.shape == out0.shape for a, _ in feats):
+            # an elementwise function of one tensor (x + 0.044715 * x ** 3 too): same root
+            roots = {self.root_of(a) for a, _ in feats}
+            if len(roots) == 1:
+                root = roots.pop()
         for o in outs:  # an in-place op on a tagged tensor replaces its tag
             if serial >= 0 or root is not None or self.get(o) is not None:
                 self.put(o, _Tag(root=root, serial=serial))
@@ -637,11 +640,12 @@ class _Discovery(TorchFunctionMode):
                 for gi in ids:
                     pieces = []
                     for p, t in zip(parts, ptags, strict=True):
-                        pos = (t.gates or {}).get(gi, "absent")  # type: ignore[union-attr]
-                        if pos is None:
+                        held = (t.gates or {}) if t is not None else {}
+                        if gi in held and held[gi] is None:
                             break
-                        pieces.append(torch.full(p.shape, -1, dtype=torch.int64, device=p.device)
-                                      if isinstance(pos, str) else pos)
+                        pos = held.get(gi)
+                        pieces.append(pos if pos is not None else torch.full(
+                            p.shape, -1, dtype=torch.int64, device=p.device))
                     else:
                         try:
                             joined[gi] = func(pieces, *args[1:], **kwargs)
@@ -988,8 +992,8 @@ def discover_blocks(
             select(c)
 
     select("")
-    specs = [_spec(name, modules[name], first_call, direct) for name in chosen]
-    specs = [s for s in specs if s is not None and (regex is None or regex.search(s.name))]
+    found = [_spec(name, modules[name], first_call, direct) for name in chosen]
+    specs = [s for s in found if s is not None and (regex is None or regex.search(s.name))]
     if regex is not None:
         specs.extend(_forced(regex, specs, tracer, modules))
         order = {n: i for i, n in enumerate(modules)}
@@ -1269,6 +1273,7 @@ class MaskCapture:
             if not frames:
                 self._switch_off()
                 self._watch.detector.pending.clear()
+                self._watch.detector.source = None
             self._emit(spec, frame, output)
         return post
 

@@ -169,6 +169,11 @@ def finalize(
             extra.update(probe(module))
         for observer in state.observers:
             extra.update(observer.results(spec.name, module))
+        if spec.forced:
+            extra["forced"] = True  # named by --blocks, not selected by the search
+        parts = {m: p for m, p in zip(spec.masks, spec.parts, strict=False) if p}
+        if parts:
+            extra["parts"] = parts  # mask -> the child of the block it comes from
         block = BlockReport(
             name=spec.name,
             type=spec.type,

@@ -139,6 +139,7 @@ NEGATIVES: list[Negative] = [
     Negative("conv_bn_silu", "ultralytics/ultralytics (Conv)", C.ConvStack),
     Negative("hswish_swish_gelu", "houqb/CoordAttention (h_swish), timm (hard_swish)",
              C.HSwishStack),
+    Negative("gelu_tanh", "huggingface/transformers (NewGELUActivation)", C.GeluTanhStack),
     Negative("danet_pam", "junfu1115/DANet", C.PAMModule),
     Negative("lka", "Visual-Attention-Network (LKA)", C.LKA),
 ]
@@ -214,6 +215,17 @@ def block_inputs(net: nn.Module, name: str, x: torch.Tensor) -> tuple[tuple[Any,
     return seen[0]
 
 
+def _capture(net: nn.Module, spec: Any, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(call: Any) -> None:
+        seen.update({k: v.clone() for k, v in call.masks.items()})
+
+    with torch.inference_mode(), MaskCapture(net, [spec], keep):
+        net(x)
+    return seen
+
+
 @dataclass
 class Result:
     """What one check found (`problems` empty: passed)."""
@@ -252,10 +264,7 @@ def check(case: Case, size: tuple[str, int, int, int], validate: Callable[[dict[
         args, kwargs = block_inputs(net, case.block, x)
         with torch.no_grad():
             ref = case.ref(module, *args, **kwargs)
-        seen: dict[str, torch.Tensor] = {}
-        with torch.inference_mode(), MaskCapture(net, [spec], lambda call: seen.update(
-                {k: v.clone() for k, v in call.masks.items()})):
-            net(x)
+        seen = _capture(net, spec, x)
         for name, r in ref.items():
             refs.setdefault(name, []).append(r)
             got = seen.get(name)

@@ -502,6 +502,18 @@ class HSwishStack(nn.Module):
         return y * torch.sigmoid(1.702 * y)
 
 
+# GELU, tanh approximation written out (huggingface/transformers activations.py
+# NewGELUActivation): 0.5 * x * (1 + tanh(...)) is an activation, not a 1 + tanh gate
+class GeluTanhStack(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        return 0.5 * x * (1.0 + torch.tanh(0.7978845608 * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
 # DANet (junfu1115/DANet) position attention: softmax over positions consumed by bmm
 class PAMModule(nn.Module):
     def __init__(self, c: int) -> None:

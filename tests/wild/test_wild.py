@@ -105,6 +105,7 @@ def test_blocks_fallback_takes_every_gate_spelling(spelling: str) -> None:
         g = block.gate(z) if block.gate is not None else block.fn(z)  # type: ignore[misc]
     torch.testing.assert_close(seen["a_h"], g)
     report = analyze_model(model, [x], blocks_pattern=r"^1$")
+    assert report.blocks[0].extra.get("forced") is True  # marked so in the report
     stats = report.blocks[0].masks["a_h"]
     assert stats.count == g.numel()
     assert stats.mean == pytest.approx(float(g.double().mean()), abs=1e-4)
@@ -145,3 +146,14 @@ def test_forced_and_found_blocks_keep_capture_exact_at_another_input_size() -> N
         ref = case.ref(net.att, *args)
     for k, v in ref.items():
         torch.testing.assert_close(seen[k], v)
+
+
+def test_report_names_the_parts_of_a_residual_cbam_block(validate_report) -> None:  # type: ignore[no-untyped-def]
+    case = next(c for c in W.CASES if c.id == "luuuyi_resnet_cbam")
+    net = W.build(case, 16)
+    report = analyze_model(net, W.batches(12, 10))
+    validate_report(report.to_dict())
+    block = report.block("att")
+    assert block.kind == "cbam" and block.identity_path
+    assert block.extra["parts"] == {"channel": "ca", "spatial": "sa"}
+    assert "forced" not in block.extra
