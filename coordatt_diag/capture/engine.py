@@ -456,6 +456,7 @@ class _Use:
     stack: tuple[_Call, ...]
     blended: bool
     keys: dict[int, int | str]  # id(call) -> which of its arguments the feature tensor is
+    arg_of: set[str] = field(default_factory=set)  # modules whose call got the feature tensor
     fhw: tuple[int, int] | None = None  # (H, W) of the feature tensor when it is 4-D
 
 
@@ -746,13 +747,15 @@ class _Discovery(TorchFunctionMode):
         elif math.prod(shape) != per:
             return None
         keys: dict[int, int | str] = {}
+        arg_of: set[str] = set()
         for call in self.stack:
             key = _arg_key(call, f)
             if key is not None:
                 keys[id(call)] = key
+                arg_of.add(call.name)
         fhw = (int(out.shape[-2]), int(out.shape[-1])) if nd == 4 and fb == 0 else None
         return _Use(kind=kind, shape=shape, local=local, stack=tuple(self.stack), blended=False,
-                    keys=keys, fhw=fhw)
+                    keys=keys, fhw=fhw, arg_of=arg_of)
 
 
 def _arg_key(call: _Call, t: torch.Tensor) -> int | str | None:
@@ -977,6 +980,10 @@ def discover_blocks(
     def has_params(name: str) -> bool:
         return any(True for _ in modules[name].parameters())
 
+    def weights_input(name: str) -> bool:
+        return any(name in u.arg_of for n, ms in direct.items() if _within(n, name)
+                   for m in ms for u in m.uses)
+
     chosen: list[str] = []
 
     def select(name: str) -> None:
@@ -985,7 +992,10 @@ def discover_blocks(
         children = [(f"{name}.{c}" if name else c) for c, _ in modules[name].named_children()]
         masked = [c for c in children if in_subtree(c)]
         plain = [c for c in children if not in_subtree(c) and has_params(c)]
-        if name in direct or not masked or not plain:
+        # a parent of attention children and parameter-free glue (CBAM = channel gate then
+        # spatial gate) is one block when a mask weights the parent's own input; a stage whose
+        # children's masks weight their own conv outputs (a ResNet layer) is not
+        if name in direct or (masked and not plain and weights_input(name)):
             chosen.append(name)
             return
         for c in children:

@@ -157,3 +157,28 @@ def test_report_names_the_parts_of_a_residual_cbam_block(validate_report) -> Non
     assert block.kind == "cbam" and block.identity_path
     assert block.extra["parts"] == {"channel": "ca", "spatial": "sa"}
     assert "forced" not in block.extra
+
+
+def test_stage_holding_attention_and_convs_is_not_one_block() -> None:
+    """An inverted residual whose only child is a Sequential (conv, CoordAtt, conv), and a ResNet
+    layer of two CBAM residual blocks: the blocks are the attention module and each residual
+    block, not the stage around them."""
+    from tests.wild import modules_b as B
+
+    class InvertedResidual(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.conv = nn.Sequential(nn.Conv2d(c, c, 1), B.CoordAtt(c), nn.Conv2d(c, c, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.conv(x)
+
+    torch.manual_seed(0)
+    x = W.batches(12, 10)[0]
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), InvertedResidual(8)).eval()
+    assert [s.name for s in discover_blocks(model, x)] == ["1.conv.1"]
+    layer = nn.Sequential(nn.Conv2d(3, 8, 1),
+                          nn.Sequential(B.CBAMBasicBlock(8), B.CBAMBasicBlock(8))).eval()
+    specs = discover_blocks(layer, x)
+    assert [(s.name, s.masks) for s in specs] == [("1.0", ("channel", "spatial")),
+                                                   ("1.1", ("channel", "spatial"))]
