@@ -523,6 +523,7 @@ def _exit(code: object) -> None:
     first; the exit status is the command's.
     """
     import atexit
+    import contextlib
 
     if code is None:
         status = 0
@@ -535,10 +536,9 @@ def _exit(code: object) -> None:
         atexit._run_exitfuncs()
     finally:
         for stream in (sys.stdout, sys.stderr):
-            try:
+            # closed, or a closed pipe: nothing more to save
+            with contextlib.suppress(OSError, ValueError):
                 stream.flush()
-            except (OSError, ValueError):  # closed, or a closed pipe: nothing more to save
-                pass
         os._exit(status)
 
 
