@@ -125,6 +125,29 @@ def find_blocks(model: nn.Module, sample: torch.Tensor, pattern: str | None = No
     Raises:
         NoBlocksError: nothing found; the message says what was searched and how to use --blocks.
     """
+    return discover(model, sample, pattern, measure=False).blocks
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """What the fixed costs of a run found: the blocks and, when measured, the peak activation
+    bytes per sample (the memory pre-check's figure, `coordatt_diag.load.memory`)."""
+
+    blocks: list[BlockSpec]
+    per_sample: int | None = None
+
+
+def discover(model: nn.Module, sample: torch.Tensor, pattern: str | None = None,
+             measure: bool = True) -> Discovery:
+    """`find_blocks` on `sample`, then (`measure`) the activation memory of one of its samples.
+
+    The measurement is a plain forward pass of one sample under `memory.LiveBytes`: the
+    discovery pass cannot give it, as the tracer keeps the tensors it tags alive until their
+    module call returns (2.4x the true peak on MobileNetV2-CoordAtt).
+
+    Raises:
+        NoBlocksError: as `find_blocks`.
+    """
     pattern = _compile_pattern(pattern)
     with preserved_mode(model), torch.inference_mode(), _forward_errors(sample):
         specs = discover_blocks(model, sample, pattern)
@@ -136,7 +159,52 @@ def find_blocks(model: nn.Module, sample: torch.Tensor, pattern: str | None = No
             "sigmoid, relu6(x+3)/6) whose output multiplies the module's input; name the "
             "attention modules with --blocks REGEX if they compute masks another way"
         )
-    return specs
+    per_sample = None
+    if measure:
+        with preserved_mode(model), _forward_errors(sample):
+            per_sample = memory.measure_activations(model, sample[:1])
+    return Discovery(blocks=specs, per_sample=per_sample)
+
+
+class DiscoveryCache:
+    """Discoveries made in one run, for runs of several checkpoints of one architecture
+    (`check`, `trend`, `compare`: `coordatt_diag.runs.multirun`): the first checkpoint is
+    discovered (and its memory measured) in a traced pass, the others reuse it.
+
+    The key is what discovery depends on besides the weights of large tensors: the model's class,
+    its module tree (names and classes), the name, shape and dtype of every parameter and buffer,
+    the values of the one-element ones (a learned `alpha` read as a scalar while discovering can
+    decide whether a block keeps an identity path), the input's shape, dtype and device, and
+    the --blocks pattern. Two checkpoints that differ in any of these are discovered apart.
+    """
+
+    def __init__(self) -> None:
+        self._found: dict[tuple[Any, ...], Discovery] = {}
+        self.hits = 0
+
+    @staticmethod
+    def key(model: nn.Module, sample: torch.Tensor, pattern: str | None) -> tuple[Any, ...]:
+        cls = type(model)
+        tree = tuple((name, type(m).__qualname__) for name, m in model.named_modules())
+        tensors = tuple(
+            (name, tuple(t.shape), str(t.dtype), t.detach().reshape(()).item()
+             if t.numel() == 1 else None)
+            for name, t in [*model.named_parameters(), *model.named_buffers()]
+        )
+        return (cls.__module__, cls.__qualname__, tree, tensors, tuple(sample.shape),
+                str(sample.dtype), str(sample.device), pattern)
+
+    def discover(self, model: nn.Module, sample: torch.Tensor, pattern: str | None = None,
+                 measure: bool = True) -> Discovery:
+        """`discover`, or the cached discovery of an identical architecture and input."""
+        key = self.key(model, sample, pattern)
+        found = self._found.get(key)
+        if found is not None and (found.per_sample is not None or not measure):
+            self.hits += 1
+            return found
+        found = discover(model, sample, pattern, measure=measure)
+        self._found[key] = found
+        return found
 
 
 def _weight_rms(module: nn.Module) -> float | None:
@@ -209,6 +277,7 @@ def run_batches(
     device: torch.device | str | None = None,
     progress: Progress | None = None,
     dtype: torch.dtype | None = None,
+    discoveries: DiscoveryCache | None = None,
 ) -> RunState:
     """Discover the blocks on the first batch, then stream every batch's mask statistics.
 
@@ -219,6 +288,7 @@ def run_batches(
         device: where to run (default: where the model's parameters are).
         progress: called with the number of batches done after each batch.
         dtype: the dtype floating inputs are cast to (default: the model's).
+        discoveries: discoveries of earlier models of this run (see `DiscoveryCache`).
 
     Under torchrun (see `coordatt_diag.runs.distributed`) each rank runs every world-th batch and the
     returned state holds the merged statistics of all ranks.
@@ -236,13 +306,17 @@ def run_batches(
     first = _to(first, dev, dtype)
     # two samples: a gate computed from a parameter has batch size 1 and must not pass for a mask
     probe = first[:2] if first.shape[0] >= 2 else first.repeat(2, *([1] * (first.dim() - 1)))
-    specs = find_blocks(model, probe, blocks_pattern)
-    state = RunState(blocks=specs)
+    # the memory pre-check's activation peak is measured in the discovery pass itself
+    measure = memory.enabled()
+    found = (discoveries.discover(model, probe, blocks_pattern, measure) if discoveries is not None
+             else discover(model, probe, blocks_pattern, measure))
+    state = RunState(blocks=list(found.blocks))
     shard = distributed.group(dev)
     error: tuple[str, str, int] | None = None
     try:
         with preserved_mode(model), _forward_errors(probe):
-            memory.check_batch(model, probe, first)  # before the run, not halfway through it
+            # before the run, not halfway through it
+            memory.check_batch(model, probe, first, per_sample=found.per_sample)
         with torch.inference_mode(), state.capture(model):
             done = 0
             index = 0

@@ -156,7 +156,13 @@ def inspect_checkpoints(
     from coordatt_diag.health.thresholds import load_thresholds
     from coordatt_diag.load.checkpoint import add_import_paths, load_model
     from coordatt_diag.load.inputs import input_channels, open_inputs
-    from coordatt_diag.runs.inspect import InspectOptions, finalize, place_model, run_batches
+    from coordatt_diag.runs.inspect import (
+        DiscoveryCache,
+        InspectOptions,
+        finalize,
+        place_model,
+        run_batches,
+    )
 
     if not paths:
         raise UsageError("no checkpoint given")
@@ -173,6 +179,7 @@ def inspect_checkpoints(
             progress(done)
 
     reports: list[Report] = []
+    discoveries = DiscoveryCache()  # checkpoints of one architecture are discovered once
     with BatchCache() as cache:
         info = None
         for i, path in enumerate(paths):
@@ -193,11 +200,13 @@ def inspect_checkpoints(
                 else:
                     batches = cache.fill(stream.batches())
                 state = run_batches(loaded.model, batches, blocks_pattern=opts.blocks,
-                                    device=placement.device, progress=count)
+                                    device=placement.device, progress=count,
+                                    discoveries=discoveries)
                 info = stream.info()
             else:
                 state = run_batches(loaded.model, cache, blocks_pattern=opts.blocks,
-                                    device=placement.device, progress=count)
+                                    device=placement.device, progress=count,
+                                    discoveries=discoveries)
             reports.append(finalize(loaded.model, state, thresholds, loaded.info, info))
             del loaded, state
     return reports

@@ -110,8 +110,13 @@ def _batch_part(mask: torch.Tensor) -> _Part:
         ])
     else:
         counts = torch.zeros(4, dtype=torch.int64, device=m.device)
-    sum_h = m.sum(dim=(0, 3))
-    sum_w = sum_h.sum(dim=1, keepdim=True) if w == 1 else m.sum(dim=(0, 2))
+    # one pass over the mask when one axis is 1 (a_h, a_w, channel masks): the other sum follows
+    if h == 1:
+        sum_w = m.sum(dim=(0, 2))
+        sum_h = sum_w.sum(dim=1, keepdim=True)
+    else:
+        sum_h = m.sum(dim=(0, 3))
+        sum_w = sum_h.sum(dim=1, keepdim=True) if w == 1 else m.sum(dim=(0, 2))
     return _Part(
         n=m.numel(), scal=torch.stack([mean, m2, lo, hi, pos_sum]), counts=counts, hist=hist,
         pos_rows=b * c if length > 1 else 0, sum_h=sum_h, sum_w=sum_w, samples=b,
