@@ -14,8 +14,9 @@ a ``Family``), every block in one condition, or each block in its own ("mixed"):
 
 * ``healthy``: SGD with weight decay 5e-4 on everything;
 * ``collapsed``: the block's parameters under a weight decay of ``COLLAPSE_WD``;
-* ``saturated``: the gate heads' weights multiplied by ``SATURATE_GAIN`` at init and frozen:
-  input-driven gates pinned at 0 and 1;
+* ``saturated``: the gate heads' weights multiplied by ``SATURATE_GAIN`` at init and the block
+  frozen (else the layers before the heads learn to scale down): input-driven gates pinned at 0
+  and 1;
 * ``untrained``: the block's parameters frozen at their init while the rest trains;
 * ``suppressing``: the gate heads' biases set to ``SUPPRESS_BIAS`` and frozen: gates near 0.
 
@@ -74,7 +75,7 @@ MODEL_CONDITIONS = CONDITIONS + ("mixed",)
 BROKEN = CONDITIONS[1:]
 SIZE, CLASSES = 16, 6
 LR, MOMENTUM, BATCH_SIZE, HEALTHY_WD = 0.05, 0.9, 64, 5e-4
-COLLAPSE_WD = 0.3
+COLLAPSE_WD = 1.0
 SATURATE_GAIN = 25.0
 SUPPRESS_BIAS = -6.0
 MATTERS_ACC, MATTERS_L2 = 0.01, 0.10
@@ -366,8 +367,8 @@ def prepare(block: nn.Module, condition: str) -> float:
         for h in _heads(block):
             with torch.no_grad():
                 h.weight.mul_(SATURATE_GAIN)
-            for p in h.parameters():
-                p.requires_grad_(False)
+        for p in block.parameters():  # frozen whole, or the layers before the heads scale down
+            p.requires_grad_(False)
     elif condition == "suppressing":
         for h in _heads(block):
             with torch.no_grad():
@@ -788,15 +789,15 @@ def main(argv: list[str] | None = None) -> int:
                                 "torch": torch.__version__, "threads": 1}
         data = args.data
 
-        def save(records: list[dict[str, Any]]) -> None:
+        def save(records: list[dict[str, Any]], final: dict[str, Any] | None = None) -> None:
             if data is not None:
-                data.write_text(json.dumps({"meta": {**meta, "models": len(records),
-                                                     "run time": f"{time.perf_counter() - t0:.0f} s"},
-                                            "records": records}))
+                now = final or {**meta, "models": len(records),
+                                "run time": f"{time.perf_counter() - t0:.0f} s"}
+                data.write_text(json.dumps({"meta": now, "records": records}))
 
         records = run(todo, args.epochs, args.train, args.test, save=save)
         meta.update({"models": len(records), "run time": f"{time.perf_counter() - t0:.0f} s"})
-        save(records)
+        save(records, meta)
     rows = rows_of(records, ThresholdConfig())
     write_doc(build_section(records, rows, meta), args.out)
     print(json.dumps(summary(rows)))

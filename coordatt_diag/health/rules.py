@@ -303,8 +303,10 @@ def untrained(block: BlockReport, th: Thresholds) -> list[Finding]:
     distribution: the block's own where it declares one, PyTorch's default U(+-1/sqrt(fan_in))
     otherwise. Weight decay shrinks weights below their init's spread and training pushes them
     past its bound, so neither a collapsed nor a trained block passes. The masks must not be
-    saturated (random heads give masks around the gate's middle). With `--effect`, random masks
-    that change the output fail: the output depends on masks that learnt nothing.
+    saturated (random heads give masks around the gate's middle). It warns, never fails: a block
+    trained only a little still fits its init (the validation study met one whose masks mattered),
+    so the finding says what the weights show and the effect, when measured, how much the output
+    depends on those masks.
     """
     wi = block.weight_init
     if (wi is None or wi.tensors == 0 or wi.at_init < wi.tensors or not block.masks
@@ -314,15 +316,16 @@ def untrained(block: BlockReport, th: Thresholds) -> list[Finding]:
            for m in block.masks.values()):
         return []
     change = _effect_change(block)
-    fail = change is not None and change >= th.dead_weight_effect
     means = ", ".join(f"{k} mean {m.mean:.2f} std {m.std:.3g}" for k, m in block.masks.items()
                       if m.mean is not None and m.std is not None)
     bound = (f", largest |w| {wi.max_bound_ratio:.0%} of the init bound"
              if wi.max_bound_ratio is not None else "")
-    effect = (f"; replacing these random masks by a constant changes the output by {change:.1%}"
+    effect = (f"; replacing these masks by a constant changes the output by {change:.1%}"
+              + (" (the output depends on masks that may have learnt nothing)"
+                 if change >= th.dead_weight_effect else "")
               if change is not None else "")
     return [_finding(
-        block, "untrained", "fail" if fail else "warn", None, float(wi.at_init),
+        block, "untrained", "warn", None, float(wi.at_init),
         float(wi.tensors),
         f"untrained: all {wi.tensors} weight tensors still look like their init ({wi.init}; "
         f"median std {wi.std_ratio:.2f}x the init's{bound}); masks: {means}{effect}")]
@@ -467,8 +470,10 @@ RULES: list[Rule] = [nonfinite, untrained, near_constant, saturated, pass_throug
 #: Findings an `untrained` finding explains on the same block (random masks, not a collapse).
 _EXPLAINED_BY_UNTRAINED = frozenset({"near_constant", "position_blind", "dead_weight",
                                      "low_std_ratio"})
-#: Per-mask warnings that one part of a multi-mask block may carry while its other parts work.
-_PART_WARNINGS = frozenset({"pass_through", "near_constant"})
+#: Per-mask warnings that one part of a multi-mask block may carry while its other parts work
+#: (a collapsed part is not among them: the study met a CBAM whose channel map had collapsed
+#: while its spatial map still worked).
+_PART_WARNINGS = frozenset({"pass_through"})
 
 
 def combine(block: BlockReport, findings: list[Finding], th: Thresholds) -> list[Finding]:
@@ -476,8 +481,7 @@ def combine(block: BlockReport, findings: list[Finding], th: Thresholds) -> list
 
     * An `untrained` finding explains the near-constant, position-blind, dead-weight and low
       std-ratio findings of the same block: they are dropped (a random block is not collapsed).
-    * In a block with several masks, a pass-through or near-constant warning on one mask
-      becomes `info` when the block's other masks raise nothing and the block does work: its
+    * In a block with several masks, a pass-through warning on one mask becomes `info` when the block's other masks raise nothing and the block does work: its
       mask effect reaches `dead_weight_effect` (with `--effect`), or, without it, the other
       masks are informative (`informative`).
     """

@@ -74,7 +74,7 @@ class Thresholds:
 
     near_constant_warn: float = 0.03
     near_constant_fail: float = 0.01
-    near_constant_channel_warn: float = 0.02
+    near_constant_channel_warn: float = 0.015
     near_constant_channel_fail: float = 0.005
     near_constant_mean_low: float = 0.05
     near_constant_mean_high: float = 0.95
@@ -93,7 +93,7 @@ class Thresholds:
     clamp_pinned_share: float = 0.50
     alpha_off: float = 0.05
     untrained_mask_saturation: float = 0.50
-    untrained_min_values: float = 64
+    untrained_min_values: float = 32
     dead_weight_effect: float = 0.05
 
     def to_dict(self) -> dict[str, float]:
