@@ -481,9 +481,10 @@ def combine(block: BlockReport, findings: list[Finding], th: Thresholds) -> list
 
     * An `untrained` finding explains the near-constant, position-blind, dead-weight and low
       std-ratio findings of the same block: they are dropped (a random block is not collapsed).
-    * In a block with several masks, a pass-through warning on one mask becomes `info` when the block's other masks raise nothing and the block does work: its
-      mask effect reaches `dead_weight_effect` (with `--effect`), or, without it, the other
-      masks are informative (`informative`).
+    * In a block with several masks, a pass-through warning on one mask becomes `info` when
+      the block's other masks raise nothing and the block does work: its mask effect reaches
+      `dead_weight_effect` (with `--effect`), or, without it, the other masks are informative
+      (`informative`).
     """
     if any(f.code == "untrained" for f in findings):
         findings = [f for f in findings if f.code not in _EXPLAINED_BY_UNTRAINED]
