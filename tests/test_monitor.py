@@ -443,7 +443,9 @@ def test_untrained_not_collapsed_and_collapsed_not_untrained() -> None:
     fresh = CBAMChannelPlusCoord(C)
     codes = _codes(fresh)
     assert "untrained" in codes and "near_constant" not in codes
-    assert "head weight std 0.01" in codes["untrained"][0].message
+    # the evidence is every weight tensor at its init (issue 19), the heads' declared normal(0.01)
+    assert "all 14 weight tensors" in codes["untrained"][0].message
+    assert "normal(0.01)" in codes["untrained"][0].message
     collapsed = copy.deepcopy(fresh)
     with torch.no_grad():
         for head in (collapsed.coord.h_attention_head, collapsed.coord.w_attention_head):
@@ -455,8 +457,10 @@ def test_untrained_not_collapsed_and_collapsed_not_untrained() -> None:
 def test_alpha_off_on_a_seed000_block() -> None:
     block = CoordinateAtt(C, alpha=0.01, learnable_alpha=True)
     assert [f.message for f in _codes(block)["alpha_off"]] == [
-        "alpha 0.0100 < 0.05: the block switched itself off (its scale is ~1, the output ~ its "
-        "input)"]
+        "alpha 0.0100, |alpha| < 0.05: the block switched itself off (its scale is ~1, the "
+        "output ~ its input)"]
+    # the magnitude decides (issue 19): a negative alpha scales the input up, it is not off
+    assert "alpha_off" not in _codes(CoordinateAtt(C, alpha=-0.7, learnable_alpha=True))
     assert "alpha_off" not in _codes(CoordinateAtt(C, alpha=0.5, learnable_alpha=True))
 
 

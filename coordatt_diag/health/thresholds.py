@@ -1,7 +1,7 @@
 """The thresholds the health findings are judged with, in one table, and their TOML overrides.
 
-Defaults come from a collapse experiment (CoordAtt nets trained on a small digit task, collapse
-induced by strong weight decay): collapsed masks had std 0.0045-0.019, healthy ones >= 0.06.
+Defaults come from the validation study (`scripts/validate.py`, `docs/validation.md`: small
+models of seven block families on two generated tasks, healthy and broken in five ways).
 
 Overrides come from `--config FILE` (keys at the top level or under `[tool.coordatt-diag]`), or
 else from `[tool.coordatt-diag]` in `./pyproject.toml`. A `[tool.coordatt-diag.blocks."REGEX"]`
@@ -32,49 +32,69 @@ class Thresholds:
     """Every threshold of `coordatt_diag.health.rules` (the README's thresholds table).
 
     Attributes:
-        near_constant_warn: a mask std below this is a near-constant mask (warn).
-        near_constant_fail: below this, fail.
+        near_constant_warn: a positional mask (a_h, a_w, a_hw, spatial) whose std is below this
+            is near-constant (warn) ...
+        near_constant_fail: ... and below this fails (without `--effect`; with it, the mask
+            effect decides: fail only when replacing the masks by a constant changes the output
+            by less than `dead_weight_effect`).
+        near_constant_channel_warn: the same for channel masks (one value per channel: their std
+            runs lower than a positional mask's) ...
+        near_constant_channel_fail: ... and its fail level.
         near_constant_mean_low: near-constant is judged only while the mean is above this ...
         near_constant_mean_high: ... and below this (else it is a saturation finding).
-        pass_through_share: share of values >= 0.99 above which the block passes everything (warn).
-        suppression_warn: share of values <= 0.01 above which the block suppresses (warn) ...
-        suppression_fail: ... and above which it fails.
+        pass_through_share: share of values >= 0.99 above which the mask passes everything (warn).
+        suppression_warn: share of values <= 0.01 above which the mask suppresses (warn) ...
+        suppression_fail: ... and above which it fails, if the mask is also uninformative.
+        saturated_share: share of values at either end (<= 0.01 or >= 0.99) above which ...
+        saturated_side: ... with at least this share at each end, the mask is saturated (warn;
+            fail if it is also uninformative).
+        uninformative_sample_std: a mask whose per-channel mean varies over the inputs by less
+            than this (std over samples, `sample_std`) and whose positional std is below it too
+            is constant per channel over inputs: it carries no information about the input.
         dead_gate_share: share of values exactly 0 or 1 above which a hard gate is dead (warn).
         position_blind_pos_std: positional std below this ...
         position_blind_chan_std: ... while the channel std is at least this: position-blind (warn).
-        std_ratio_floor: std ratio floor for blocks with an identity path (the seed's r_min, warn).
-        std_ratio_floor_multiplicative: floor for purely multiplicative blocks; 0 disables it (the
-            default: a healthy multiplicative CoordAtt measured 0.24-0.27).
+        std_ratio_floor: for a block with an identity path, the floor of its std ratio measured
+            on its own blend's range: (ratio - s) / (1 - s) below this warns, s being the least
+            scale the block can output (`scale_floor`, 1 - alpha * beta; 0 when unknown).
+        std_ratio_floor_multiplicative: the same floor for purely multiplicative blocks; 0
+            disables it (the default: their ratio follows the mask mean, not a pathology).
         router_lock_share: a router's mean share of one branch at or above this: locked (warn).
         clamp_pinned_share: share of scale values at a clamp bound above this: pinned (warn).
-        alpha_off: a blending alpha below this: the block switched itself off (warn).
-        untrained_head_std: the init std of seed 001 heads (0.01); heads whose weight std is
-            within `untrained_head_tolerance` of their init std (this, or PyTorch's default init
-            for seed 000 `conv_h` / `conv_w`) ...
-        untrained_head_tolerance: ... (|std/init - 1| below this) make a near-constant mask
-            "untrained", not "collapsed" (0 disables it).
+        alpha_off: a blending alpha whose magnitude is below this: the block switched itself off
+            (warn).
+        untrained_mask_saturation: the untrained finding needs every mask to keep less than this
+            share of its values at either end (random heads give unsaturated masks) ...
+        untrained_min_values: ... and at least this many weight values checked (fewer cannot
+            tell a trained tensor from an initialised one).
         dead_weight_effect: replacing a block's masks by a constant (`--effect`) changes the
-            model output by less than this (relative L2): the block is dead weight (warn).
+            model output by less than this (relative L2): the block is dead weight (warn); at or
+            above it the masks carry information (no fail for near-constant or saturated masks).
     """
 
     near_constant_warn: float = 0.03
     near_constant_fail: float = 0.01
+    near_constant_channel_warn: float = 0.015
+    near_constant_channel_fail: float = 0.005
     near_constant_mean_low: float = 0.05
     near_constant_mean_high: float = 0.95
     pass_through_share: float = 0.50
     suppression_warn: float = 0.05
     suppression_fail: float = 0.25
+    saturated_share: float = 0.50
+    saturated_side: float = 0.05
+    uninformative_sample_std: float = 0.01
     dead_gate_share: float = 0.50
     position_blind_pos_std: float = 0.005
     position_blind_chan_std: float = 0.02
-    std_ratio_floor: float = 0.45
+    std_ratio_floor: float = 0.10
     std_ratio_floor_multiplicative: float = 0.0
     router_lock_share: float = 0.95
     clamp_pinned_share: float = 0.50
     alpha_off: float = 0.05
-    untrained_head_std: float = 0.01
-    untrained_head_tolerance: float = 0.5
-    dead_weight_effect: float = 0.01
+    untrained_mask_saturation: float = 0.50
+    untrained_min_values: float = 32
+    dead_weight_effect: float = 0.05
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)

@@ -37,6 +37,7 @@ from coordatt_diag.results import (
     InputsInfo,
     MaskEffect,
     Report,
+    WeightInit,
 )
 from coordatt_diag.runs import distributed
 from coordatt_diag.runs.forward import _forward, _forward_errors, _model_device, model_dtype, preserved_mode
@@ -216,6 +217,124 @@ def _weight_rms(module: nn.Module) -> float | None:
     return math.sqrt(total / count) if count else None
 
 
+#: A tensor's std may differ from its init distribution's by this many standard errors of a
+#: sample std (the std of a std estimate over n values is ~ k / sqrt(n): k 0.45 for a uniform
+#: draw, 0.71 for a normal one) and still count as "at init"; never less than 5 %.
+_INIT_SIGMAS = 4.0
+_INIT_MIN_TOLERANCE = 0.05
+_UNIFORM_K, _NORMAL_K = math.sqrt(0.2), math.sqrt(0.5)
+
+
+def _declared_inits(module: nn.Module) -> dict[str, float]:
+    """Parameter name (relative to `module`) -> std of the normal init its block declares.
+
+    A block declares the init of weights that do not keep PyTorch's default with a
+    `weight_init_std` dict attribute ({"head.weight": 0.01}), as the package's own blocks do.
+    """
+    out: dict[str, float] = {}
+    for prefix, sub in module.named_modules():
+        declared = getattr(sub, "weight_init_std", None)
+        if isinstance(declared, dict):
+            for name, std in declared.items():
+                if isinstance(std, (int, float)) and std > 0:
+                    out[f"{prefix}.{name}" if prefix else name] = float(std)
+    return out
+
+
+def weight_init(module: nn.Module) -> WeightInit | None:
+    """Whether the weight tensors (dim > 1) of `module` still look like their init.
+
+    Each tensor is compared with the init its block declares (`weight_init_std`), else with
+    PyTorch's default for convolutions and linear layers (kaiming_uniform with a = sqrt(5):
+    uniform in +-1/sqrt(fan_in), std 1/sqrt(3 fan_in)); an all-zero tensor is at a zero init. A
+    tensor is at init when its values stay inside the init's range (the uniform bound, or 6 std
+    for a normal init), its std is within `_INIT_SIGMAS` standard errors of the init's std and
+    its layer's bias, if any, inside its own init range (+-1/sqrt(fan_in), or 0 for a declared
+    init).
+    Weight decay shrinks the std and training pushes values past the bound, so neither a
+    collapsed nor a trained tensor passes.
+    """
+    declared = _declared_inits(module)
+    tensors = at_init = values = 0
+    ratios: list[float] = []
+    bound_ratios: list[float] = []
+    kinds: list[str] = []
+    params = dict(module.named_parameters())
+    for name, p in params.items():
+        if p.dim() < 2 or p.numel() < 2:
+            continue
+        w = p.detach().double()
+        bias = params.get(name.removesuffix("weight") + "bias") if name.endswith("weight") else None
+        tensors += 1
+        n = w.numel()
+        values += n
+        peak = float(w.abs().max())
+        std = float(w.std())
+        if not (math.isfinite(peak) and math.isfinite(std)):
+            kinds.append("uniform(1/sqrt(fan_in))")
+            continue
+        b_peak = 0.0 if bias is None else float(bias.detach().double().abs().max())
+        if peak == 0.0:
+            at_init += int(b_peak == 0.0)
+            ratios.append(1.0)
+            kinds.append("zeros")
+            continue
+        if name in declared:
+            init_std, k, limit = declared[name], _NORMAL_K, 6.0 * declared[name]
+            kinds.append(f"normal({declared[name]:g})")
+        else:
+            fan_in = w[0].numel()
+            limit = 1.0 / math.sqrt(fan_in)
+            init_std, k = limit / math.sqrt(3.0), _UNIFORM_K
+            kinds.append("uniform(1/sqrt(fan_in))")
+            bound_ratios.append(peak / limit)
+        ratio = std / init_std
+        ratios.append(ratio)
+        tolerance = max(_INIT_MIN_TOLERANCE, _INIT_SIGMAS * k / math.sqrt(n))
+        # a bias keeps PyTorch's default U(+-1/sqrt(fan_in)) or a declared block's zeros
+        b_limit = 0.0 if name in declared else 1.0 / math.sqrt(w[0].numel())
+        if (peak <= limit * (1 + 1e-6) and abs(ratio - 1.0) <= tolerance
+                and b_peak <= b_limit * (1 + 1e-6)):
+            at_init += 1
+    if not tensors:
+        return None
+    ratios.sort()
+    return WeightInit(
+        tensors=tensors, at_init=at_init, values=values,
+        std_ratio=ratios[len(ratios) // 2] if ratios else None,
+        max_bound_ratio=max(bound_ratios) if bound_ratios else None,
+        init="+".join(dict.fromkeys(kinds)),
+    )
+
+
+def _scalar_attr(module: nn.Module, name: str) -> float | None:
+    v = getattr(module, name, None)
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return float(v.detach())
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    return None
+
+
+def scale_floor(module: nn.Module) -> float | None:
+    """The smallest scale of its input a block with the package's blend can output.
+
+    The blend `scale = (1 - alpha) + alpha * att` with `att = 1 + beta * (a - 1)` (attention
+    residual, beta 1 without one), per axis with `alpha_h` / `alpha_w`, reaches its least value
+    where every mask is 0: 1 - alpha * beta, or 1 + beta * ((1 - alpha_h)(1 - alpha_w) - 1).
+    None for a block without an `alpha` (its blend is unknown).
+    """
+    beta = _scalar_attr(module, "beta")
+    b = 1.0 if beta is None else beta
+    alpha = _scalar_attr(module, "alpha")
+    if alpha is not None:
+        return max(0.0, 1.0 - alpha * b)
+    ah, aw = _scalar_attr(module, "alpha_h"), _scalar_attr(module, "alpha_w")
+    if ah is not None and aw is not None:
+        return max(0.0, 1.0 + b * ((1.0 - ah) * (1.0 - aw) - 1.0))
+    return None
+
+
 def finalize(
     model: nn.Module,
     state: RunState,
@@ -254,6 +373,8 @@ def finalize(
             weight_rms=_weight_rms(module),
             extra=extra,
             effect=(effects or {}).get(spec.name),
+            weight_init=weight_init(module),
+            scale_floor=scale_floor(module),
         )
         blocks.append(judge_block(block, thresholds.for_block(spec.name)))
     return Report(
