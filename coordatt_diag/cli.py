@@ -59,7 +59,7 @@ class _Group(TyperGroup):
             if isinstance(exc, _cx.UsageError) and exc.ctx is not None:
                 hint = f" (see {exc.ctx.command_path} --help)"
             typer.echo(f"error: {one_line(exc.format_message())}{hint}", err=True)
-        except _cx.Abort:
+        except typer.Abort:
             typer.echo("error: aborted", err=True)
             code = EXIT_SIGINT
         else:
