@@ -424,16 +424,14 @@ def staged() -> Iterator[Outputs]:
     tx = Outputs()
     token = _current.set(tx)
     try:
-        yield tx
-        _current.reset(token)
-        token = None
+        try:
+            yield tx
+        finally:
+            _current.reset(token)
         tx.commit()
     except BaseException:
         tx.discard()
         raise
-    finally:
-        if token is not None:
-            _current.reset(token)
 
 
 @contextlib.contextmanager
