@@ -108,3 +108,45 @@ class NanNet(TinyNet):
 def nan_masks() -> nn.Module:
     torch.manual_seed(0)
     return NanNet()
+
+
+class _SignalNet(TinyNet):
+    """Sends `signum` to its own process from inside its first forward pass (a CI runner's
+    cancel arriving mid-run), then goes on as if nothing happened."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__()
+        self.signum = signum
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import os
+
+        os.kill(os.getpid(), self.signum)
+        return super().forward(x)
+
+
+def sigterm_in_forward() -> nn.Module:
+    import signal
+
+    return _SignalNet(signal.SIGTERM)
+
+
+def sigint_in_forward() -> nn.Module:
+    import signal
+
+    return _SignalNet(signal.SIGINT)
+
+
+class _Slow(TinyNet):
+    """Sleeps in every forward pass (for a signal sent from outside)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(0.05)
+        return super().forward(x)
+
+
+def slow() -> nn.Module:
+    torch.manual_seed(0)
+    return _Slow()
