@@ -50,6 +50,7 @@ class Case:
     needle: str | None = None  # a word the error line must contain
     env: dict[str, str] = field(default_factory=dict)
     root_skips: bool = False  # root ignores folder permissions
+    leaves: tuple[str, ...] = ()  # what a successful case writes (removed after it)
 
     @property
     def id(self) -> str:
@@ -323,6 +324,12 @@ def cases() -> list[Case]:
             if name == "forward_fourth_batch":  # discovery, the memory probe, 3 good batches
                 args[args.index("--batches") + 1] = "6"
             out.append(Case("model", name, tuple(args), 3))
+    # NaN masks are a finding, not a crash: inspect, trend, compare and report succeed, check fails
+    for c in COMMANDS:
+        args = list(_with_checkpoint(c, "{w}/sd.pt"))
+        args[args.index(FACTORY)] = "tests.fuzz.models:nan_masks"
+        out.append(Case("model", "nan_masks", tuple(args), 1 if c == "check" else 0,
+                        leaves=("report_out",) if c == "report" else ()))
     # 4. configs: exit 2 on every command
     names = [*CONFIGS, "latin1", "deep", "deep_table", "fifo"]
     for name in names:

@@ -138,11 +138,16 @@ def sigint_in_forward() -> nn.Module:
 
 
 class _Slow(TinyNet):
-    """Sleeps in every forward pass (for a signal sent from outside)."""
+    """Sleeps in every forward pass (for a signal sent from outside); creates the file
+    `$FUZZ_STARTED` names on its first pass, so the sender knows the run is under way."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import os
         import time
 
+        started = os.environ.get("FUZZ_STARTED")
+        if started and not os.path.exists(started):
+            open(started, "w").close()
         time.sleep(0.05)
         return super().forward(x)
 

@@ -6,6 +6,7 @@ are as they were), and no code run from a pickle."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,6 +86,10 @@ def test_case(case: Case, world: Path) -> None:
         if case.needle:
             assert case.needle in errors[0], shown
     assert not (world / MARKER).exists(), "a pickle ran code"
+    after = snapshot(world)
+    for leaf in case.leaves:
+        assert (world / leaf).exists(), shown
+        shutil.rmtree(world / leaf)
     after = snapshot(world)
     new = sorted(set(after) - set(before))
     changed = sorted(k for k in before if k in after and after[k] != before[k]
