@@ -378,6 +378,8 @@ def _write_in_place(target: Path, data: bytes) -> None:
         while view:
             n = os.write(fd, view)
             view = view[n:]
+    except OSError as exc:
+        raise OutputError(f"cannot write {show_path(target)}: {_reason(exc)}") from exc
     finally:
         os.close(fd)
 
