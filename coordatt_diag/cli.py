@@ -286,7 +286,7 @@ def _guard(debug: bool, fn: Callable[[], T], *,
     except DiagError as exc:
         if debug:
             traceback.print_exc()
-        typer.echo(f"error: {one_line(str(exc), 2000)}", err=True)
+        typer.echo(f"error: {show_path(str(exc))}", err=True)  # a newline in a name escaped
         raise typer.Exit(exc.exit_code) from None
     except (KeyboardInterrupt, Interrupted) as exc:
         what = exc.name if isinstance(exc, Interrupted) else "SIGINT"
