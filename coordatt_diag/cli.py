@@ -191,6 +191,8 @@ class _PipeSafe:
             self._closed()
 
     def __getattr__(self, name: str) -> Any:
+        if name == "buffer":  # writers (click's echo) must go through write(), not around it
+            raise AttributeError(name)
         return getattr(self._stream, name)
 
 

@@ -108,3 +108,35 @@ def test_corpus_size() -> None:
     assert len({c.id for c in CASES}) == len(CASES)
     assert {c.args[0] for c in CASES if c.cls == "checkpoint"} == {
         "inspect", "check", "trend", "compare", "report"}
+
+
+@pytest.mark.parametrize("name", ["random", "text", "empty", "truncated", "zeroed", "evil_plain",
+                                  "zip_not_torch"])
+def test_corrupt_file_is_called_corrupt_without_trust_advice(name: str, world: Path) -> None:
+    case = Case("message", name, ("inspect", f"{{w}}/ck/{name}.pt"), 3)
+    _, _, stderr = run_case(case, world)
+    assert "corrupt" in stderr and "--trust" not in stderr and "weights_only" not in stderr
+
+
+@pytest.mark.parametrize("name", ["evil_zip", "evil_legacy"])
+def test_pickled_objects_are_refused_with_trust_advice(name: str, world: Path) -> None:
+    _, _, stderr = run_case(Case("message", name, ("inspect", f"{{w}}/ck/{name}.pt"), 3), world)
+    assert "--trust" in stderr and "posix.mkdir" in stderr and "weights_only" not in stderr
+    assert not (world / MARKER).exists()
+
+
+def test_newline_in_a_name_is_escaped(world: Path) -> None:
+    _, _, stderr = run_case(Case("message", "nl", ("inspect", "{w}/ck/new\nline.pt"), 3), world)
+    assert stderr.count("\n") == 1 and "new\\nline.pt" in stderr
+
+
+def test_config_error_names_the_field(world: Path) -> None:
+    _, _, stderr = run_case(Case("message", "cfg", ("inspect", "{w}/sd.pt", "--config",
+                                                    "{w}/cfg/inverted.toml"), 2), world)
+    assert "near_constant_fail" in stderr and "inverted" in stderr
+
+
+def test_report_error_names_the_field(world: Path) -> None:
+    _, _, stderr = run_case(Case("message", "rep", ("compare", "{w}/rep/mask_std_string.json",
+                                                    "{w}/good.json"), 3), world)
+    assert "blocks[0].masks." in stderr and ".std must be number or null" in stderr
