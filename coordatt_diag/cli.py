@@ -1,24 +1,77 @@
 """The `coordatt-diag` command line: parse options, call one library function, render its result.
 
 torch and matplotlib are imported inside the commands, so `--help` and `--version` stay fast.
-Domain errors become exit codes here and only here (see `coordatt_diag.errors`).
+Failures become exit codes here and only here (`_guard`, `_Group.main`; the table is in
+`coordatt_diag.errors` and docs/exit-codes.md): domain errors their own code, click's usage
+errors 2, SIGINT 130 and SIGTERM 143, anything else 4; each as one `error:` line on stderr. Every
+file a command writes is staged and committed when the command has succeeded
+(`coordatt_diag.reports.atomic.staged`), and a closed stdout (`| head`) never changes the exit
+code.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import IO, Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
+
+try:  # typer >= 0.24 vendors click
+    from typer._click import exceptions as _cx
+except ImportError:  # pragma: no cover - older typer on the real click
+    from click import exceptions as _cx  # type: ignore[no-redef]
 
 from coordatt_diag import __version__
-from coordatt_diag.errors import EXIT_INTERNAL, DiagError
+from coordatt_diag.errors import (
+    EXIT_INTERNAL,
+    EXIT_SIGINT,
+    DiagError,
+    Interrupted,
+    UsageError,
+    one_line,
+    show_path,
+)
+
+
+class _Group(TyperGroup):
+    """The command group, with click's own failures as one `error:` line (exit 2)."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             windows_expand_args: bool = True, **extra: Any) -> Any:
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False,
+                              windows_expand_args=windows_expand_args, **extra)
+        except _cx.NoArgsIsHelpError as exc:
+            exc.show()
+            code = exc.exit_code
+        except _cx.ClickException as exc:
+            code = exc.exit_code
+            hint = ""
+            if isinstance(exc, _cx.UsageError) and exc.ctx is not None:
+                hint = f" (see {exc.ctx.command_path} --help)"
+            typer.echo(f"error: {one_line(exc.format_message())}{hint}", err=True)
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            code = EXIT_SIGINT
+        else:
+            code = rv if isinstance(rv, int) else 0
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
 
 app = typer.Typer(
+    cls=_Group,
     name="coordatt-diag",
     help="A mask-health doctor for Coordinate Attention, CBAM and SE blocks in PyTorch models.",
     add_completion=False,
@@ -98,25 +151,155 @@ def _root(
     """A mask-health doctor for Coordinate Attention, CBAM and SE blocks in PyTorch models."""
 
 
-def _guard(debug: bool, fn: Callable[[], T]) -> T:
-    """Run a command body; map domain errors to their exit code and one line on stderr."""
+class _PipeSafe:
+    """stdout that survives a closed pipe (`coordatt-diag check ... | head`): the first
+    BrokenPipeError sends the rest of the output to /dev/null, and the command goes on to write its
+    files and return its verdict's exit code."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self.broken = False
+
+    def _closed(self) -> None:
+        self.broken = True
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+
+    def write(self, text: str) -> int:
+        if self.broken:
+            return len(text)
+        try:
+            n = self._stream.write(text)
+            self._stream.flush()
+            return n
+        except BrokenPipeError:
+            self._closed()
+        except OSError as exc:
+            if exc.errno != errno.EPIPE:
+                raise
+            self._closed()
+        return len(text)
+
+    def flush(self) -> None:
+        if self.broken:
+            return
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._closed()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "buffer":  # writers (click's echo) must go through write(), not around it
+            raise AttributeError(name)
+        return getattr(self._stream, name)
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise `Interrupted` in the main thread while a command runs, so that
+    staged outputs, temporary folders, hooks and modes are cleaned up on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError, OSError):
+            handler = signal.getsignal(sig)
+            if handler is signal.SIG_IGN:  # e.g. nohup, or a parent that ignores SIGINT
+                continue
+            old[sig] = handler
+            signal.signal(sig, _raise_interrupted)
     try:
-        return fn()
+        yield
+    finally:
+        for sig, handler in old.items():
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _safe_stdout() -> Iterator[_PipeSafe]:
+    wrapper = _PipeSafe(sys.stdout)
+    old = sys.stdout
+    sys.stdout = wrapper  # type: ignore[assignment]
+    try:
+        yield wrapper
+    finally:
+        sys.stdout = old
+        if wrapper.broken:
+            with contextlib.suppress(OSError, ValueError):
+                old.flush()
+
+
+def _check_outputs(outputs: Mapping[str, Path | str | None], folders: Mapping[str, Path | None],
+                   inputs: Sequence[Path | None]) -> None:
+    """Every output path before anything runs: not empty, writable, not an input, not twice."""
+    from coordatt_diag.reports.atomic import check_output_folder, check_output_path
+
+    ins = tuple(Path(p) for p in inputs if p is not None and str(p))
+    seen: dict[str, str] = {}
+    for option, value in outputs.items():
+        if value is None or str(value) == "-":
+            continue
+        check_output_path(value, option, ins)
+        key = os.path.abspath(value)
+        if key in seen:
+            raise UsageError(f"{seen[key]} and {option} name the same file "
+                             f"{show_path(value)}; name two files")
+        seen[key] = option
+    for option, folder in folders.items():
+        if folder is not None:
+            check_output_folder(folder, option)
+
+
+def _guard(debug: bool, fn: Callable[[], T], *,
+           outputs: Mapping[str, Path | str | None] | None = None,
+           folders: Mapping[str, Path | None] | None = None,
+           inputs: Sequence[Path | None] = ()) -> T:
+    """Run a command body: outputs checked first and staged until it succeeds, SIGINT/SIGTERM
+    and a closed stdout handled, every failure mapped to its exit code and one line on stderr.
+
+    A `typer.Exit` with code 0 or 1 (check's verdict) is a success: the outputs are committed.
+    """
+    from coordatt_diag.reports.atomic import staged
+
+    verdict: typer.Exit | None = None
+    try:
+        with _signals(), _safe_stdout():
+            _check_outputs(outputs or {}, folders or {}, inputs)
+            with staged():
+                try:
+                    result = fn()
+                except typer.Exit as exc:
+                    if exc.exit_code not in (0, 1):
+                        raise
+                    verdict = exc
+        if verdict is not None:
+            raise verdict
+        return result
     except typer.Exit:
         raise
     except DiagError as exc:
         if debug:
             traceback.print_exc()
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {show_path(str(exc))}", err=True)  # a newline in a name escaped
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(130) from None
+    except (KeyboardInterrupt, Interrupted) as exc:
+        what = exc.name if isinstance(exc, Interrupted) else "SIGINT"
+        code = exc.exit_code if isinstance(exc, Interrupted) else EXIT_SIGINT
+        typer.echo(f"error: interrupted by {what}; no output was written", err=True)
+        raise typer.Exit(code) from None
     except Exception as exc:  # noqa: BLE001 - the one boundary for unexpected errors
         if debug:
             traceback.print_exc()
-        typer.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug and "
-                   "report it)", err=True)
+        typer.echo(f"error: internal error: {type(exc).__name__}: {one_line(str(exc))} (rerun "
+                   "with --debug and report it)", err=True)
         raise typer.Exit(EXIT_INTERNAL) from None
 
 
@@ -238,7 +421,8 @@ def inspect(
                                         effect_progress=bar.stage("mask effect"))
         _emit_report(report, json_out)
 
-    _guard(debug, body)
+    _guard(debug, body, outputs={"--json": json_out},
+           inputs=[checkpoint, images, tensors, config, labels])
 
 
 # --- check, trend, compare (issue #7): the CI gate, trends across checkpoints, A/B comparison ---
@@ -325,7 +509,9 @@ def check(
         if not result.healthy:
             raise typer.Exit(EXIT_UNHEALTHY)
 
-    _guard(debug, body)
+    _guard(debug, body, outputs={"--json": json_out, "--junit": junit,
+                                 "--write-baseline": write_baseline},
+           inputs=[*checkpoints, images, tensors, config, baseline])
 
 
 @app.command()
@@ -373,7 +559,8 @@ def trend(
         if _writer():
             emit_trend(result, json_out=json_out, out_dir=out)
 
-    _guard(debug, body)
+    _guard(debug, body, outputs={"--json": json_out}, folders={"--out": out},
+           inputs=[*checkpoints, images, tensors, config])
 
 
 @app.command()
@@ -421,7 +608,8 @@ def compare(
         if _writer():
             emit_compare(result, json_out=json_out)
 
-    _guard(debug, body)
+    _guard(debug, body, outputs={"--json": json_out},
+           inputs=[a, b, images, tensors, config])
 
 
 # --- report (issue #6): a folder with a self-contained HTML page, Markdown and plots ---
@@ -501,7 +689,7 @@ def report(
                    f"{s.blocks} blocks, {s.ok} ok, {s.warn} warn, {s.fail} fail -> "
                    f"{s.status.upper()}")
 
-    _guard(debug, body)
+    _guard(debug, body, inputs=[checkpoint, from_json, images, tensors, config, labels])
 
 
 def main() -> None:

@@ -160,7 +160,7 @@ def test_internal_error_exits_4(runner: CliRunner, ckpts: dict[str, Path],
     monkeypatch.setattr(coordatt_diag.runs.multirun, "inspect_checkpoints", boom)
     result = _invoke(runner, "check", str(ckpts["healthy"]), *FAST)
     assert result.exit_code == 4
-    assert result.stderr.startswith("internal error: RuntimeError: boom")
+    assert result.stderr.startswith("error: internal error: RuntimeError: boom")
     assert "Traceback" not in result.output
 
 

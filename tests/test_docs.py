@@ -34,3 +34,15 @@ def test_option_documented(name: str, option: str) -> None:
 def test_command_help_has_example(name: str) -> None:
     help_text = COMMAND.commands[name].help or ""
     assert "Example:" in help_text and f"coordatt-diag {name}" in help_text
+
+
+def test_every_exit_code_is_documented() -> None:
+    """The README's table and docs/exit-codes.md list every code the CLI can return."""
+    from coordatt_diag.errors import EXIT_CODES
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "exit-codes.md").read_text()
+    readme_codes = set(re.findall(r"^\| (\d+) \|", README.split("## Exit codes", 1)[1]
+                                  .split("\n## ", 1)[0], re.M))
+    docs_codes = set(re.findall(r"^\| (\d+) \|", docs.split("## Outputs", 1)[0], re.M))
+    assert readme_codes == {str(c) for c in EXIT_CODES}
+    assert docs_codes == {str(c) for c in EXIT_CODES}

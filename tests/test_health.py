@@ -68,7 +68,8 @@ def test_identity_path_decides_the_std_ratio_floor() -> None:
 def test_thresholds_from_toml_and_per_block(tmp_path: Path) -> None:
     cfg = tmp_path / "t.toml"
     cfg.write_text('[tool.coordatt-diag]\nnear_constant_warn = 0.5\n'
-                   '[tool.coordatt-diag.blocks."^stage$"]\nnear_constant_warn = 0.001\n')
+                   '[tool.coordatt-diag.blocks."^stage$"]\nnear_constant_warn = 0.001\n'
+                   'near_constant_fail = 0.0005\n')
     conf = load_thresholds(cfg)
     assert conf.default.near_constant_warn == 0.5
     assert conf.for_block("stage").near_constant_warn == 0.001

@@ -18,13 +18,16 @@ win).
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from coordatt_diag.errors import UsageError
+from coordatt_diag.errors import UsageError, show_path
 
 
 @dataclass(frozen=True)
@@ -130,22 +133,93 @@ def _diff(th: Thresholds, base: Thresholds) -> dict[str, float]:
     return {k: v for k, v in a.items() if b[k] != v}
 
 
-_NAMES = {f.name for f in fields(Thresholds)}
+_FIELDS = {f.name: f for f in fields(Thresholds)}
+_NAMES = set(_FIELDS)
+#: Thresholds on a mask's values, means or shares, which lie in [0, 1] (besides every `*_share`).
+_UNIT = frozenset({
+    "near_constant_warn", "near_constant_fail", "near_constant_mean_low",
+    "near_constant_mean_high", "suppression_warn", "suppression_fail", "position_blind_pos_std",
+    "position_blind_chan_std", "alpha_off",
+})
+#: (lower, upper) pairs that must stay in order, e.g. a fail level below its warn level.
+_ORDERED = (
+    ("near_constant_fail", "near_constant_warn"),
+    ("near_constant_mean_low", "near_constant_mean_high"),
+    ("suppression_warn", "suppression_fail"),
+)
+
+
+def _kind(name: str) -> type:
+    """The Python type of a Thresholds field (float unless annotated otherwise)."""
+    annotation = str(_FIELDS[name].type)
+    for t in (bool, int, str):
+        if annotation == t.__name__:
+            return t
+    return float
+
+
+def _value(key: str, value: Any, where: str) -> Any:
+    """A config value checked against its field: its type, finite, >= 0, <= 1 for shares."""
+    kind = _kind(key)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise UsageError(f"threshold {key!r} in {where} must be true or false, got "
+                             f"{_shown(value)}")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise UsageError(f"threshold {key!r} in {where} must be a string, got {_shown(value)}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"threshold {key!r} in {where} must be a number, got {_shown(value)}")
+    if kind is int and not isinstance(value, int):
+        raise UsageError(f"threshold {key!r} in {where} must be an integer, got {_shown(value)}")
+    number = float(value) if kind is float else value
+    if not math.isfinite(number):
+        raise UsageError(f"threshold {key!r} in {where} must be a finite number, got {value!r}")
+    if number < 0:
+        raise UsageError(f"threshold {key!r} in {where} must be 0 or more, got {value!r}")
+    if (key in _UNIT or key.endswith("_share")) and number > 1:
+        raise UsageError(f"threshold {key!r} in {where} is a share or a mask value, between 0 "
+                         f"and 1; got {value!r}")
+    return number
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"a {type(value).__name__}"
 
 
 def _apply(base: Thresholds, table: dict[str, Any], where: str) -> Thresholds:
-    values: dict[str, float] = {}
+    values: dict[str, Any] = {}
     for key, value in table.items():
         if key == "blocks":
             continue
         if key not in _NAMES:
             raise UsageError(
-                f"unknown threshold {key!r} in {where}; known: {', '.join(sorted(_NAMES))}"
+                f"unknown threshold {key[:80]!r} in {where}; known: {', '.join(sorted(_NAMES))}"
             )
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UsageError(f"threshold {key!r} in {where} must be a number, got {value!r}")
-        values[key] = float(value)
-    return dataclasses.replace(base, **values)
+        values[key] = _value(key, value, where)
+    out = dataclasses.replace(base, **values)
+    for low, high in _ORDERED:
+        if low in _NAMES and high in _NAMES and getattr(out, low) > getattr(out, high):
+            raise UsageError(f"thresholds in {where} are inverted: {low} ({getattr(out, low):g}) "
+                             f"must not be above {high} ({getattr(out, high):g})")
+    return out
+
+
+def _table(data: dict[str, Any], source: str, explicit: bool) -> Any:
+    """The `[tool.coordatt-diag]` table of a parsed file (for `--config`, else the whole file)."""
+    tool = data.get("tool")
+    if tool is None:
+        return data if explicit else None
+    if not isinstance(tool, dict):
+        if explicit and "tool" not in _NAMES:
+            raise UsageError(f"'tool' in {source} must be a table ([tool.coordatt-diag])")
+        return None
+    if "coordatt-diag" in tool:
+        return tool["coordatt-diag"]
+    return data if explicit else None
 
 
 def load_thresholds(config: Path | None = None, cwd: Path | None = None) -> ThresholdConfig:
@@ -159,43 +233,76 @@ def load_thresholds(config: Path | None = None, cwd: Path | None = None) -> Thre
         The defaults with the overrides applied.
 
     Raises:
-        UsageError: the file cannot be read or parsed, a key is unknown, or a pattern is invalid.
+        UsageError: the file cannot be read or parsed, is not the expected shape (a value where a
+            table belongs), a key is unknown, a value is of the wrong type, not finite, negative,
+            above 1 for a share, or inverted against its pair, or a pattern is invalid. The
+            message names the first bad field.
     """
     if config is None:
         pyproject = (cwd or Path.cwd()) / "pyproject.toml"
         if not pyproject.is_file():
             return ThresholdConfig()
         data = _read_toml(pyproject)
-        table = data.get("tool", {}).get("coordatt-diag")
-        if not table:
+        table = _table(data, str(pyproject), explicit=False)
+        if table is None or table == {}:
             return ThresholdConfig()
-        source = str(pyproject)
+        source = show_path(pyproject)
     else:
         data = _read_toml(config)
-        table = data.get("tool", {}).get("coordatt-diag", data)
-        source = str(config)
+        source = show_path(config)
+        table = _table(data, source, explicit=True)
     if not isinstance(table, dict):
-        raise UsageError(f"[tool.coordatt-diag] in {source} must be a table")
+        raise UsageError(f"[tool.coordatt-diag] in {source} must be a table, got "
+                         f"{_shown(table)}")
     default = _apply(Thresholds(), table, source)
     per_block = []
-    for pattern, sub in (table.get("blocks") or {}).items():
+    blocks = table.get("blocks") or {}
+    if not isinstance(blocks, dict):
+        raise UsageError(f"'blocks' in {source} must be a table of patterns "
+                         f"([tool.coordatt-diag.blocks.\"REGEX\"]), got {_shown(blocks)}")
+    for pattern, sub in blocks.items():
         try:
             re.compile(pattern)
-        except re.error as exc:
-            raise UsageError(f"invalid block pattern {pattern!r} in {source}: {exc}") from exc
+        except (re.error, RecursionError, OverflowError) as exc:
+            raise UsageError(f"invalid block pattern {pattern[:80]!r} in {source}: {exc}") from exc
         if not isinstance(sub, dict):
-            raise UsageError(f"blocks.{pattern!r} in {source} must be a table")
-        per_block.append((pattern, _apply(default, sub, f"{source} blocks.{pattern!r}")))
-    return ThresholdConfig(default=default, per_block=tuple(per_block), source=source)
+            raise UsageError(f"blocks.{pattern[:80]!r} in {source} must be a table, got "
+                             f"{_shown(sub)}")
+        per_block.append((pattern, _apply(default, sub, f"{source} blocks.{pattern[:80]!r}")))
+    return ThresholdConfig(default=default, per_block=tuple(per_block), source=str(config or
+                                                                                  pyproject))
+
+
+#: A config file larger than this is not a config file.
+MAX_CONFIG_BYTES = 1 << 20
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    name = show_path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError as exc:
+        raise UsageError(f"config file {name} does not exist") from exc
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read config file {name}: "
+                         f"{getattr(exc, 'strerror', None) or exc}") from exc
+    if not stat.S_ISREG(mode):  # a FIFO would block, a device never end
+        raise UsageError(f"config file {name} is not a regular file")
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError as exc:
-        raise UsageError(f"config file {path} does not exist") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"config file {path} is not valid TOML: {exc}") from exc
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise UsageError(f"cannot read config file {path}: {exc.strerror}") from exc
+        raise UsageError(f"cannot read config file {name}: {exc.strerror}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise UsageError(f"config file {name} is larger than {MAX_CONFIG_BYTES >> 20} MiB; it is "
+                         "not a thresholds file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"config file {name} is not UTF-8 text (byte {exc.start})") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {name} is not valid TOML: {exc}") from exc
+    except RecursionError as exc:
+        raise UsageError(f"config file {name} is nested too deeply") from exc

@@ -78,12 +78,15 @@ def resolve_placement(device: str | None, half: bool = False,
     Raises:
         UsageError: as `resolve_device`; `--half` without a CUDA device; an unknown dtype.
     """
-    dev = resolve_device(device)
-    if not half:
-        return Placement(dev, torch.float32)
     dtype = _HALF.get(half_dtype.strip().lower())
     if dtype is None:
         raise UsageError(f"--half-dtype {half_dtype!r}: use float16 or bfloat16")
+    if not half and dtype is not torch.float16:
+        raise UsageError(f"--half-dtype {half_dtype} applies only with --half: add --half (CUDA) "
+                         "or drop --half-dtype")
+    dev = resolve_device(device)
+    if not half:
+        return Placement(dev, torch.float32)
     if dev.type != "cuda":
         raise UsageError(f"--half needs a CUDA device (the run is on {dev}); half precision on "
                          "a CPU is slow and not what the model runs in: drop --half")

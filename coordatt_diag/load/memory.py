@@ -220,3 +220,27 @@ def check_batch(model: nn.Module, probe: torch.Tensor, batch: torch.Tensor,
         f"measured), but {_gib(est.available)} is free besides the batch: {hint} (or set "
         f"{ENV_SWITCH}=0 to run anyway)"
     )
+
+
+def check_input_batch(batch_size: int, channels: int, side: int, what: str) -> None:
+    """Refuse a float32 input batch (batch_size, channels, side, side) that could not even be
+    allocated in free CPU memory (or whose size overflows int64), before it is built.
+
+    Raises:
+        InputError: the batch is too big; the message gives a batch size that fits.
+    """
+    per_sample = 4 * channels * side * side
+    need = batch_size * per_sample
+    if need >= 1 << 62:
+        raise InputError(f"a {what} batch of {batch_size} x {channels}x{side}x{side} floats is "
+                         "too large to address; lower --batch-size or --imgsz")
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return
+    free = available_bytes(torch.device("cpu"))
+    if free is None or need <= free:
+        return
+    fit = free // max(per_sample, 1)
+    hint = (f"use --batch-size {fit} or fewer" if fit >= 1 else
+            "not even one sample fits: use a smaller --imgsz")
+    raise InputError(f"a {what} batch of {batch_size} x {channels}x{side}x{side} floats needs "
+                     f"{_gib(need)}, but {_gib(free)} of memory is free: {hint}")

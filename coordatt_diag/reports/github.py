@@ -98,5 +98,6 @@ def step_summary(result: CheckResult) -> str:
 
 def append_step_summary(result: CheckResult, path: Path) -> None:
     """Append the job summary to `path` (the file `$GITHUB_STEP_SUMMARY` names)."""
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(step_summary(result))
+    from coordatt_diag.reports.atomic import append_text
+
+    append_text(path, step_summary(result))

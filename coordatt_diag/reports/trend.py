@@ -109,7 +109,8 @@ def _guides(trend: Trend, stat: str) -> list[tuple[float, str]]:
 
 
 def write_plots(trend: Trend, out_dir: Path) -> list[Path]:
-    """Write `mask_std.png`, `pos_std.png` and `std_ratio.png` into `out_dir` (created).
+    """Write `mask_std.png`, `pos_std.png` and `std_ratio.png` into `out_dir` (created; staged
+    with the command's other outputs, `coordatt_diag.reports.atomic`).
 
     Each plot has one line per block (and mask), over the epochs when every checkpoint records
     one, else over the checkpoints in order; dashed lines mark the health thresholds.
@@ -120,7 +121,6 @@ def write_plots(trend: Trend, out_dir: Path) -> list[Path]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     if trend.by_epoch:
         xs: list[float] = [float(p.epoch) for p in trend.points if p.epoch is not None]
         xlabel = "epoch"

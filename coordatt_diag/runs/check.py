@@ -28,7 +28,6 @@ its own healthy level is a regression whatever the absolute value.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coordatt_diag.errors import InputError, UsageError
+from coordatt_diag.errors import InputError, UsageError, one_line, show_path
 from coordatt_diag.health.rules import summarize, worst
 from coordatt_diag.health.thresholds import ThresholdConfig
 from coordatt_diag.results import SEVERITIES, BlockReport, Finding, Report, display_name
@@ -181,32 +180,31 @@ class CheckResult:
 
 def read_report_file(path: Path, what: str = "report") -> Report:
     """Read a report JSON written by `inspect --json` or `check --write-baseline` (or the report of
-    a one-checkpoint `check --json`).
+    a one-checkpoint `check --json`), validated against the report schema first.
 
     Raises:
-        InputError: the file is missing, not JSON, or not a coordatt-diag report.
+        InputError: the file is missing, not a regular file, not JSON, nested too deeply, or not
+            a coordatt-diag report (the message names the first bad field).
     """
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError as exc:
-        raise InputError(f"{what} {path} does not exist") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{what} {path} is not a readable JSON file: {exc}") from exc
+    from coordatt_diag.load.report_file import check_report_data, read_json_file
+
+    data = read_json_file(path, what)
     if isinstance(data, dict) and data.get("schema") == CHECK_SCHEMA_ID:
-        checkpoints = data.get("checkpoints") or []
-        if len(checkpoints) != 1:
+        checkpoints = data.get("checkpoints")
+        if not isinstance(checkpoints, list) or len(checkpoints) != 1:
+            n = len(checkpoints) if isinstance(checkpoints, list) else 0
             raise InputError(
-                f"{what} {path} is a check result for {len(checkpoints)} checkpoints; write a "
+                f"{what} {show_path(path)} is a check result for {n} checkpoints; write a "
                 "baseline for one with check --write-baseline"
             )
-        data = checkpoints[0].get("report")
+        data = checkpoints[0].get("report") if isinstance(checkpoints[0], dict) else None
+    check_report_data(data, path, what)
     try:
         return Report.from_dict(data)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise InputError(
-            f"{what} {path} is not a coordatt-diag report ({exc}); write one with "
-            "inspect --json or check --write-baseline"
+            f"{what} {show_path(path)} is not a coordatt-diag report ({one_line(str(exc), 200)}); "
+            "write one with inspect --json or check --write-baseline"
         ) from exc
 
 
@@ -445,7 +443,16 @@ def check_checkpoints(
     bopts = baseline_options or BaselineOptions()
     opts = options or InspectOptions()
     thresholds = load_thresholds(opts.config)
-    base = read_report_file(baseline, "baseline") if baseline is not None else None
+    for option, share in (("--max-drop", bopts.max_drop),
+                          ("--max-ratio-drop", bopts.max_ratio_drop)):
+        if not 0 <= share <= 1:  # NaN fails too
+            raise UsageError(f"{option} is a share of the baseline value, between 0 and 1; got "
+                             f"{share}")
+    base = read_report_file(baseline, "--baseline") if baseline is not None else None
+    if base is not None and not base.blocks:
+        raise UsageError(f"--baseline {show_path(baseline)} holds no attention block, so it "
+                         "cannot catch a regression; write it from the model with check "
+                         "--write-baseline")
     files = expand_paths(paths)
     times: list[tuple[str, float]] = []
 

@@ -11,6 +11,7 @@ checkpoint streams its inputs as `inspect` does.
 from __future__ import annotations
 
 import glob
+import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -109,7 +110,11 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
     seen: set[Path] = set()
     for p in paths:
         text = str(p)
-        if not p.exists() and _GLOB_CHARS.search(text):
+        try:
+            exists = os.path.lexists(p)
+        except (OSError, ValueError):
+            exists = True  # a name too long or with a NUL: read_checkpoint says what is wrong
+        if not exists and _GLOB_CHARS.search(text):
             matches = sorted(glob.glob(text, recursive=True), key=natural_key)
             if not matches:
                 raise CheckpointError(f"no checkpoint matches {text!r}")
@@ -117,7 +122,7 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
         else:
             found = [p]
         for f in found:
-            key = f.resolve()
+            key = Path(os.path.realpath(f))  # no error on a symlink loop (reported later)
             if key not in seen:
                 seen.add(key)
                 out.append(f)
