@@ -38,6 +38,27 @@ GATE = "Thresholds and gate"
 
 T = TypeVar("T")
 
+
+def _types_from_metavars() -> None:
+    """Help panels name what a parameter takes by its metavar alone: typer (0.29) prints a type
+    beside every parameter ("<bool>" beside a flag, "<list[Path]>" beside an argument) whatever
+    the metavar says."""
+    from typer import core
+
+    option_type = core.TyperOption.display_type_rich
+
+    def option(self: Any, ctx: Any) -> str | None:
+        return None if self.is_flag else option_type(self, ctx)
+
+    def argument(self: Any, ctx: Any) -> str | None:
+        return None
+
+    setattr(core.TyperOption, "display_type_rich", option)  # noqa: B010
+    setattr(core.TyperArgument, "display_type_rich", argument)  # noqa: B010
+
+
+_types_from_metavars()
+
 # Shared options (the same spelling and help in every command that takes them).
 CheckpointArg = Annotated[Path, typer.Argument(
     help="Checkpoint file (.pt, .pth, .ckpt, .safetensors).", metavar="CHECKPOINT",
@@ -278,7 +299,7 @@ def inspect(
 
 CheckpointsArg = Annotated[list[Path], typer.Argument(
     help="Checkpoint files (.pt, .pth, .ckpt, .safetensors); glob patterns are expanded.",
-    metavar="CHECKPOINT...", show_default=False)]
+    metavar="CHECKPOINT", show_default=False)]
 FailOnOpt = Annotated[str, typer.Option(
     "--fail-on", rich_help_panel=GATE, metavar="info|warn|fail",
     help="Least severe finding that fails the check (near_constant counts as fail, see "
@@ -309,7 +330,7 @@ OutDirOpt = Annotated[Path | None, typer.Option(
     help="Folder for the PNG plots (mask_std, pos_std, std_ratio).")]
 SourceArg = Annotated[Path, typer.Argument(
     help="Checkpoint, or report JSON (.json) written by inspect --json / check "
-    "--write-baseline.", metavar="A_OR_B", show_default=False)]
+    "--write-baseline.", metavar="SOURCE", show_default=False)]
 
 
 @app.command()
@@ -494,7 +515,7 @@ def compare(
 
 ReportSourceArg = Annotated[Path | None, typer.Argument(
     help="Checkpoint file (.pt, .pth, .ckpt, .safetensors); leave it out with --from-json.",
-    metavar="[CHECKPOINT]", show_default=False)]
+    metavar="CHECKPOINT", show_default=False)]
 ReportOutOpt = Annotated[Path, typer.Option(
     "--out", rich_help_panel=OUTPUTS, metavar="DIR",
     help="Folder to write (index.html, report.md, report.json, plots/).", show_default=False)]

@@ -65,8 +65,16 @@ def new_table(console: Console, title: str | None = None) -> Table:
 
 
 def _measure(console: Console, table: Table) -> Measurement:
-    # measured without the console's width as a cap (Measurement.get clamps to max_width)
-    return Measurement.get(console, console.options.update_width(1 << 16), table)
+    """The table's width, its no-wrap columns pinned to their widest cell (rich measures every
+    column by its longest word and would cut a no-wrap column to fit), measured without the
+    console's width as a cap (Measurement.get clamps to it)."""
+    options = console.options.update_width(1 << 16)
+    for column in table.columns:
+        if column.no_wrap:
+            widest = max((Measurement.get(console, options, cell).maximum
+                          for cell in (column.header, *column.cells)), default=0)
+            column.min_width = max(column.min_width or 0, widest)
+    return Measurement.get(console, options, table)
 
 
 def fits(console: Console, table: Table) -> bool:
@@ -81,12 +89,12 @@ def print_table(console: Console, table: Table) -> None:
     if need <= console.width:
         console.print(table)
         return
-    width = console.width
-    console.width = need
+    size = console.size
+    console.size = (need, size.height)  # width alone is ignored while the height is unset
     try:
         console.print(table, crop=False)
     finally:
-        console.width = width
+        console.size = size
 
 
 def print_hanging(console: Console, rows: Sequence[tuple[Text, Text]]) -> None:
