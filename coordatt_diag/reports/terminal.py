@@ -163,10 +163,10 @@ def blocks_table(report: Report, console: Console, wide: bool = False) -> Table:
                         Text(b.type) if first else Text(""),
                         Text("x".join(map(str, b.feature))) if first else Text("")]
             elif first:
-                name = Text(display_name(b.name))
+                label = Text(display_name(b.name))
                 if len(masks) == 1:
-                    name.append("\n" + _type_line(b), style="dim")
-                head = [name]
+                    label.append("\n" + _type_line(b), style="dim")
+                head = [label]
             else:
                 head = [Text(_type_line(b), style="dim") if i == 1 else Text("")]
             table.add_row(*head, Text(kind), *_mask_cells(m, wide),

@@ -3,8 +3,9 @@ with a baseline report.
 
 A checkpoint fails the gate when any of its findings is at or above `fail_on` ("info" < "warn" <
 "fail"), each counted at its gate level: its severity, raised for the codes in `levels`
-(`GATE_LEVELS`: a near-constant mask fails by default; see docs/check.md). With a baseline (an earlier report of the same architecture, e.g. the one `check
---write-baseline` wrote on the main branch), blocks are matched by name and each one's statistics
+(`GATE_LEVELS`: a near-constant mask fails by default; see docs/check.md). With a baseline (an
+earlier report of the same architecture, e.g. the one `check --write-baseline` wrote on the main
+branch), blocks are matched by name and each one's statistics
 are compared with the baseline's; what changed for the worse becomes findings that count for the
 gate like any other:
 
