@@ -23,6 +23,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from coordatt_diag.reports.layout import accuracy_change
 from coordatt_diag.reports.monitor_lines import monitor_lines
 from coordatt_diag.reports.wording import ascii_text, by_remedy, group_findings, legend, verdict
 from coordatt_diag.results import BlockReport, MaskStats, Report, display_name
@@ -98,13 +99,16 @@ def print_table(console: Console, table: Table) -> None:
 
 
 def print_hanging(console: Console, rows: Sequence[tuple[Text, Text]]) -> None:
-    """Rows of (tag, text): the text wraps under itself, not under the tag (a hanging indent)."""
-    grid = Table.grid(padding=(0, 1))
-    grid.add_column(no_wrap=True)
-    grid.add_column(overflow="fold")
+    """Rows of (tag, text): the text wraps under itself, not under the tag (a hanging indent);
+    no line is padded out to the console's width."""
+    indent = max((tag.cell_len for tag, _ in rows), default=0) + 1
+    width = max(console.width - indent, 20)
     for tag, text in rows:
-        grid.add_row(tag, text)
-    console.print(grid)
+        for i, line in enumerate(text.wrap(console, width, overflow="fold")):
+            head = tag.copy() if i == 0 else Text()
+            head.pad_right(indent - head.cell_len)
+            line.rstrip()
+            console.print(head + line, no_wrap=True, overflow="ignore", crop=False)
 
 
 def _fmt(v: float | None, digits: int = 3) -> str:
@@ -196,8 +200,7 @@ def effect_table(report: Report, console: Console) -> Table | None:
             table.add_row(
                 Text(display_name(b.name)) if first else Text(""), label,
                 _pct(ab.rel_l2), _pct(ab.top1_agreement),
-                # a drop is a negative change: "-5.0%" lost, "+0.8%" gained
-                "-" if ab.accuracy_drop is None else f"{-ab.accuracy_drop:+.1%}",
+                accuracy_change(ab.accuracy_drop),
             )
             first = False
     return table

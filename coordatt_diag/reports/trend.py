@@ -16,7 +16,7 @@ from rich.text import Text
 
 from coordatt_diag.reports.atomic import write_bytes, write_text
 from coordatt_diag.reports.json_report import _clean
-from coordatt_diag.reports.terminal import new_table, print_table
+from coordatt_diag.reports.terminal import new_table, print_hanging, print_table, words
 from coordatt_diag.reports.wording import legend
 from coordatt_diag.results import display_name
 from coordatt_diag.runs.trend import Trend
@@ -73,7 +73,9 @@ def render_trend(trend: Trend, console: Console) -> None:
     for i, b in enumerate(trend.blocks):
         console.print(Text(f"{display_name(b.name)} ({b.type})", style="bold"))
         print_table(console, block_table(trend, i, console))
-    console.print(Text("Legend: " + legend(["std", "pos std", "std ratio"]), style="dim"))
+    print_hanging(console, [(Text("Legend:", style="dim"),
+                             Text(words(console, legend(["std", "pos std", "std ratio"])),
+                                  style="dim"))])
     if inp.note:
         console.print(Text(f"note: {inp.note}", style="dim"))
 
