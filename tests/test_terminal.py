@@ -253,3 +253,29 @@ def test_findings_merge_per_block_and_code() -> None:
     # messages of different shapes are joined, not interleaved
     assert merge_messages(["x is 1", "y has 2 of 3"]) == "x is 1; y has 2 of 3"
     assert merge_messages(["same", "same"]) == "same"
+
+
+def test_long_block_names_fold_and_the_verdict_counts(reports: dict[str, dict[str, Any]]) -> None:
+    """Ultralytics-length names (model.22.cv2.0.att.coordinate) at 80 columns: names fold onto a
+    second line, numbers stay whole; a verdict over many blocks names a few and counts the rest."""
+    base = Report.from_dict(reports["collapsed"])
+    blocks = [dataclasses.replace(b, name=f"model.{10 + 3 * i + j}.cv2.{i}.attention_block.coord")
+              for i in range(3) for j, b in enumerate(base.blocks)]
+    report = dataclasses.replace(base, blocks=blocks)
+    buf = io.StringIO()
+    render(report, make_console(buf, width=80))
+    text = buf.getvalue()
+    assert "…" not in text
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= 80
+    for b in base.blocks:
+        for m in b.masks.values():
+            assert f"{m.std:.4f}" in text
+    # every name is there in full once the folded pieces are joined
+    table = text.split("Legend:")[0]
+    joined = "".join(line.split(" ")[0] for line in table.splitlines())
+    for b in blocks:
+        assert b.name in joined
+    verdict = _flat(text.split("Verdict:")[1].split("block ")[0])
+    assert "and 3 more: masks stuck at ≈0.50" in verdict
+    assert "model.12.cv2.0.attention_block.coord, model.15.cv2.1.attention_block.coord, " \
+        "model.18.cv2.2.attention_block.coord: healthy" in verdict

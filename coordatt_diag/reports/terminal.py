@@ -20,7 +20,7 @@ from typing import IO, Literal
 from rich import box
 from rich.console import Console
 from rich.measure import Measurement
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from coordatt_diag.reports.layout import accuracy_change
@@ -65,6 +65,24 @@ def new_table(console: Console, title: str | None = None) -> Table:
                  collapse_padding=True, title=title, title_justify="left")
 
 
+def _widest(console: Console, column: Column) -> int:
+    options = console.options.update_width(1 << 16)
+    return max((Measurement.get(console, options, cell).maximum
+                for cell in (column.header, *column.cells)), default=0)
+
+
+def _fold_names(console: Console, table: Table) -> None:
+    """Narrow the columns that fold (block names) until the table fits, widest first, down to 12
+    characters each: a long name wraps onto a second line instead of pushing the numbers out."""
+    for column in sorted((c for c in table.columns if not c.no_wrap and c.overflow == "fold"),
+                         key=lambda c: -_widest(console, c)):
+        excess = _measure(console, table).minimum - console.width
+        if excess <= 0:
+            return
+        widest = _widest(console, column)
+        column.max_width = max(12, widest - excess)
+
+
 def _measure(console: Console, table: Table) -> Measurement:
     """The table's width, its no-wrap columns pinned to their widest cell (rich measures every
     column by its longest word and would cut a no-wrap column to fit), measured without the
@@ -72,9 +90,7 @@ def _measure(console: Console, table: Table) -> Measurement:
     options = console.options.update_width(1 << 16)
     for column in table.columns:
         if column.no_wrap:
-            widest = max((Measurement.get(console, options, cell).maximum
-                          for cell in (column.header, *column.cells)), default=0)
-            column.min_width = max(column.min_width or 0, widest)
+            column.min_width = max(column.min_width or 0, _widest(console, column))
     return Measurement.get(console, options, table)
 
 
@@ -86,6 +102,7 @@ def fits(console: Console, table: Table) -> bool:
 def print_table(console: Console, table: Table) -> None:
     """Print a table without cutting a cell: when its narrowest layout is wider than the console,
     the lines run past the edge instead of numbers becoming '…'."""
+    _fold_names(console, table)
     need = _measure(console, table).minimum
     if need <= console.width:
         console.print(table)
@@ -123,11 +140,11 @@ def _type_line(b: BlockReport) -> str:
     return f"{b.type} {'x'.join(map(str, b.feature))}"
 
 
-Column = tuple[str, Literal["left", "right"]]
-_COMPACT: tuple[Column, ...] = (("block", "left"), ("mask", "left"), ("mean", "right"),
+Heading = tuple[str, Literal["left", "right"]]
+_COMPACT: tuple[Heading, ...] = (("block", "left"), ("mask", "left"), ("mean", "right"),
                                 ("std", "right"), ("pos std", "right"), ("std ratio", "right"),
                                 ("status", "left"))
-_WIDE: tuple[Column, ...] = (("block", "left"), ("type", "left"), ("feature", "left"),
+_WIDE: tuple[Heading, ...] = (("block", "left"), ("type", "left"), ("feature", "left"),
                              ("mask", "left"), ("mean", "right"), ("std", "right"),
                              ("min", "right"), ("max", "right"), ("sat<=.01", "right"),
                              ("sat>=.99", "right"), ("pos std", "right"), ("std ratio", "right"),
