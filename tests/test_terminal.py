@@ -279,3 +279,14 @@ def test_long_block_names_fold_and_the_verdict_counts(reports: dict[str, dict[st
     assert "and 3 more: masks stuck at ≈0.50" in verdict
     assert "model.12.cv2.0.attention_block.coord, model.15.cv2.1.attention_block.coord, " \
         "model.18.cv2.2.attention_block.coord: healthy" in verdict
+
+
+def test_step_summary_says_what_the_gate_counted(tmp_path: Path) -> None:
+    summary = tmp_path / "summary.md"
+    runner = CliRunner(env={"NO_COLOR": "1", "COLUMNS": "80", "GITHUB_ACTIONS": None, "CI": None,
+                            "GITHUB_STEP_SUMMARY": str(summary)})
+    result = runner.invoke(app, ["check", COLLAPSED, *DEMO], catch_exceptions=False)
+    assert result.exit_code == 1
+    text = summary.read_text()
+    assert text.startswith("## coordatt-diag check failed: 1 of 1 checkpoint unhealthy")
+    assert "- **FAIL** (a warn the gate counts as fail) `stage1.att a_h` `near_constant`" in text
