@@ -77,64 +77,117 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+# Help panels: the options of every command grouped by what they are about.
+LOADING = "Model loading"
+INPUTS = "Inputs"
+ANALYSIS = "What to measure"
+OUTPUTS = "Outputs"
+DEVICE = "Device"
+GATE = "Thresholds and gate"
 
 T = TypeVar("T")
 
+
+def _types_from_metavars() -> None:
+    """Help panels name what a parameter takes by its metavar alone: typer (0.29) prints a type
+    beside every parameter ("<bool>" beside a flag, "<list[Path]>" beside an argument) whatever
+    the metavar says."""
+    from typer import core
+
+    option_type = core.TyperOption.display_type_rich
+
+    def option(self: Any, ctx: Any) -> str | None:
+        return None if self.is_flag else option_type(self, ctx)
+
+    def argument(self: Any, ctx: Any) -> str | None:
+        return None
+
+    setattr(core.TyperOption, "display_type_rich", option)  # noqa: B010
+    setattr(core.TyperArgument, "display_type_rich", argument)  # noqa: B010
+
+
+_types_from_metavars()
+
 # Shared options (the same spelling and help in every command that takes them).
-CheckpointArg = Annotated[Path, typer.Argument(help="Checkpoint file (.pt, .pth, .ckpt, "
-                                               ".safetensors).",
-                                               show_default=False)]
-TrustOpt = Annotated[bool, typer.Option(
-    "--trust", help="Load with full pickle (runs code from the file). Only for files you trust.")]
-ModelOpt = Annotated[str | None, typer.Option(
-    "--model", help="Factory pkg.module:function that builds the model for a state dict.")]
-ModelArgsOpt = Annotated[str | None, typer.Option(
-    "--model-args", help='JSON keyword arguments for --model, e.g. \'{"num_classes": 10}\'.')]
-ImportOpt = Annotated[list[str] | None, typer.Option(
-    "--import", help="Import this module first (the user's block classes). Repeatable.")]
-PathOpt = Annotated[list[Path] | None, typer.Option(
-    "--path", help="Add this folder to the import path. Repeatable.")]
-ImagesOpt = Annotated[Path | None, typer.Option(
-    "--images", help="Image file or folder (recursive; jpg, png, bmp, webp, tif).")]
-TensorsOpt = Annotated[Path | None, typer.Option(
-    "--tensors", help=".pt file with a tensor (N,C,H,W) or a list of them, or a .npy array.")]
-SyntheticOpt = Annotated[bool, typer.Option(
-    "--synthetic", help="Standard-normal inputs (the default when no input is named).")]
-ImgszOpt = Annotated[int | None, typer.Option(
-    "--imgsz", help="Image side after resizing (and of synthetic inputs); default 224, 640 for "
-    "YOLO models (letterboxed, rounded up to a multiple of the model's stride).",
+CheckpointArg = Annotated[Path, typer.Argument(
+    help="Checkpoint file (.pt, .pth, .ckpt, .safetensors).", metavar="CHECKPOINT",
     show_default=False)]
-NormalizeOpt = Annotated[str, typer.Option("--normalize", help="Image scaling: unit ([0,1]) or "
-                                           "imagenet.")]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Samples per batch.")]
+TrustOpt = Annotated[bool, typer.Option(
+    "--trust", rich_help_panel=LOADING,
+    help="Load with full pickle (runs code from the file). Only for files you trust.")]
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", rich_help_panel=LOADING, metavar="MODULE:FUNCTION",
+    help="Factory pkg.module:function that builds the model for a state dict.")]
+ModelArgsOpt = Annotated[str | None, typer.Option(
+    "--model-args", rich_help_panel=LOADING, metavar="JSON",
+    help='JSON keyword arguments for --model, e.g. \'{"num_classes": 10}\'.')]
+ImportOpt = Annotated[list[str] | None, typer.Option(
+    "--import", rich_help_panel=LOADING, metavar="MODULE",
+    help="Import this module first (the user's block classes). Repeatable.")]
+PathOpt = Annotated[list[Path] | None, typer.Option(
+    "--path", rich_help_panel=LOADING, metavar="DIR",
+    help="Add this folder to the import path. Repeatable.")]
+ImagesOpt = Annotated[Path | None, typer.Option(
+    "--images", rich_help_panel=INPUTS, metavar="PATH",
+    help="Image file or folder (recursive; jpg, png, bmp, webp, tif).")]
+TensorsOpt = Annotated[Path | None, typer.Option(
+    "--tensors", rich_help_panel=INPUTS, metavar="FILE",
+    help=".pt file with a tensor (N,C,H,W) or a list of them, or a .npy array.")]
+SyntheticOpt = Annotated[bool, typer.Option(
+    "--synthetic", rich_help_panel=INPUTS,
+    help="Standard-normal inputs (the default when no input is named).")]
+ImgszOpt = Annotated[int | None, typer.Option(
+    "--imgsz", rich_help_panel=INPUTS, metavar="PIXELS",
+    help="Image side after resizing (and of synthetic inputs); default 224, 640 for YOLO models "
+    "(letterboxed, rounded up to a multiple of the model's stride).", show_default=False)]
+NormalizeOpt = Annotated[str, typer.Option(
+    "--normalize", rich_help_panel=INPUTS, metavar="unit|imagenet",
+    help="Image scaling: unit (\\[0,1]) or imagenet.")]
+BatchSizeOpt = Annotated[int, typer.Option(
+    "--batch-size", rich_help_panel=INPUTS, metavar="N", help="Samples per batch.")]
 BatchesOpt = Annotated[int | None, typer.Option(
-    "--batches", help="Run at most this many batches (default: all; 4 for synthetic).")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the synthetic inputs.")]
+    "--batches", rich_help_panel=INPUTS, metavar="N",
+    help="Run at most this many batches (default: all; 4 for synthetic).")]
+SeedOpt = Annotated[int, typer.Option(
+    "--seed", rich_help_panel=INPUTS, metavar="N", help="Seed of the synthetic inputs.")]
 BlocksOpt = Annotated[str | None, typer.Option(
-    "--blocks", help="Regex: only blocks whose name matches; also names modules the search "
-    "misses.")]
+    "--blocks", rich_help_panel=ANALYSIS, metavar="REGEX",
+    help="Only blocks whose name matches; also names modules the search misses.")]
 ConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", help="TOML file of thresholds (default: [tool.coordatt-diag] in ./pyproject.toml)."
-)]
+    "--config", rich_help_panel=GATE, metavar="FILE",
+    help="TOML file of thresholds (default: \\[tool.coordatt-diag] in ./pyproject.toml).")]
 JsonOpt = Annotated[str | None, typer.Option(
-    "--json", help="Write the JSON report to this file ('-': stdout, and nothing else there).")]
+    "--json", rich_help_panel=OUTPUTS, metavar="FILE",
+    help="Write the JSON report to this file ('-': stdout, and nothing else there).")]
+WideOpt = Annotated[bool, typer.Option(
+    "--wide", rich_help_panel=OUTPUTS,
+    help="Every column in the terminal table (type, feature size, min, max, saturation); "
+    "the default from 120 columns.")]
 DeviceOpt = Annotated[str | None, typer.Option(
-    "--device", help="cpu, cuda, cuda:N or auto (default: auto, CUDA when torch sees a GPU; under "
-    "torchrun the local rank's GPU).")]
+    "--device", rich_help_panel=DEVICE, metavar="DEVICE",
+    help="cpu, cuda, cuda:N, a GPU index as Ultralytics takes it (0, or 0,1: the process's "
+    "GPU from the list), or auto (default: CUDA when torch sees a GPU; under torchrun the local "
+    "rank's GPU).")]
 HalfOpt = Annotated[bool, typer.Option(
-    "--half", help="Run the model in half precision (CUDA only); statistics stay float32.")]
+    "--half", rich_help_panel=DEVICE,
+    help="Run the model in half precision (CUDA only); statistics stay float32.")]
 HalfDtypeOpt = Annotated[str, typer.Option(
-    "--half-dtype", help="The half precision of --half: float16 or bfloat16.")]
+    "--half-dtype", rich_help_panel=DEVICE, metavar="float16|bfloat16",
+    help="The half precision of --half.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")]
 EffectOpt = Annotated[bool, typer.Option(
-    "--effect", help="Also measure each block's mask effect: run the inputs again with the "
-    "block's masks replaced by their positional mean and by a constant, and report how much the "
-    "output changes. Costs 1 + 2 x blocks extra forward passes per batch; --blocks limits it.")]
+    "--effect", rich_help_panel=ANALYSIS,
+    help="Also measure each block's mask effect: run the inputs again with the block's masks "
+    "replaced by their positional mean and by a constant, and report how much the output "
+    "changes. Costs 1 + 2 x blocks extra forward passes per batch; --blocks limits it.")]
 LabelsOpt = Annotated[Path | None, typer.Option(
-    "--labels", help="With --effect: .pt or .npy file of integer class indices, one per input "
-    "sample in --tensors / --images order, for the accuracy drop.")]
+    "--labels", rich_help_panel=ANALYSIS, metavar="FILE",
+    help="With --effect: .pt or .npy file of integer class indices, one per input sample in "
+    "--tensors / --images order, for the accuracy change.")]
 
 
 def _version(value: bool) -> None:
@@ -348,7 +401,7 @@ def _writer() -> bool:
     return is_writer()
 
 
-def _emit_report(report: Any, json_out: str | None) -> None:
+def _emit_report(report: Any, json_out: str | None, wide: bool = False) -> None:
     if not _writer():
         return
     from coordatt_diag.reports.json_report import report_json, write_report
@@ -359,7 +412,7 @@ def _emit_report(report: Any, json_out: str | None) -> None:
         return
     if json_out:
         write_report(report, Path(json_out))
-    render(report, make_console())
+    render(report, make_console(), wide=wide or None)
 
 
 def _inspect_options(**kw: Any) -> Any:
@@ -392,6 +445,7 @@ def inspect(
     blocks: BlocksOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = None,
+    wide: WideOpt = False,
     device: DeviceOpt = None,
     half: HalfOpt = False,
     half_dtype: HalfDtypeOpt = "float16",
@@ -419,7 +473,7 @@ def inspect(
         with _ProgressBar(batches, "inspect") as bar:
             report = inspect_checkpoint(checkpoint, opts, progress=bar,
                                         effect_progress=bar.stage("mask effect"))
-        _emit_report(report, json_out)
+        _emit_report(report, json_out, wide)
 
     _guard(debug, body, outputs={"--json": json_out},
            inputs=[checkpoint, images, tensors, config, labels])
@@ -429,26 +483,38 @@ def inspect(
 
 CheckpointsArg = Annotated[list[Path], typer.Argument(
     help="Checkpoint files (.pt, .pth, .ckpt, .safetensors); glob patterns are expanded.",
-    show_default=False)]
+    metavar="CHECKPOINT", show_default=False)]
 FailOnOpt = Annotated[str, typer.Option(
-    "--fail-on", help="Least severe finding that fails the check: info, warn or fail.")]
+    "--fail-on", rich_help_panel=GATE, metavar="info|warn|fail",
+    help="Least severe finding that fails the check (near_constant counts as fail, see "
+    "--level).")]
+LevelOpt = Annotated[list[str] | None, typer.Option(
+    "--level", rich_help_panel=GATE, metavar="CODE=LEVEL",
+    help="Count a finding code at this level in the gate, e.g. dead_weight=fail; "
+    "near_constant=warn counts near-constant masks as the report does (by default they fail). "
+    "Repeatable.")]
 BaselineOpt = Annotated[Path | None, typer.Option(
-    "--baseline", help="Earlier report JSON of the same architecture to compare with.")]
+    "--baseline", rich_help_panel=GATE, metavar="FILE",
+    help="Earlier report JSON of the same architecture to compare with.")]
 MaxDropOpt = Annotated[float, typer.Option(
-    "--max-drop", help="A mask std or positional std that fell by more than this share of its "
-    "baseline value is a regression.")]
-MaxRatioDropOpt = Annotated[float, typer.Option(
-    "--max-ratio-drop", help="A std ratio that fell by more than this share of its baseline value "
+    "--max-drop", rich_help_panel=GATE, metavar="SHARE",
+    help="A mask std or positional std that fell by more than this share of its baseline value "
     "is a regression.")]
+MaxRatioDropOpt = Annotated[float, typer.Option(
+    "--max-ratio-drop", rich_help_panel=GATE, metavar="SHARE",
+    help="A std ratio that fell by more than this share of its baseline value is a regression.")]
 WriteBaselineOpt = Annotated[Path | None, typer.Option(
-    "--write-baseline", help="Write the report JSON here, to serve as a later --baseline.")]
+    "--write-baseline", rich_help_panel=OUTPUTS, metavar="FILE",
+    help="Write the report JSON here, to serve as a later --baseline.")]
 JunitOpt = Annotated[Path | None, typer.Option(
-    "--junit", help="Write JUnit XML here (a testsuite per checkpoint, a testcase per block).")]
+    "--junit", rich_help_panel=OUTPUTS, metavar="FILE",
+    help="Write JUnit XML here (a testsuite per checkpoint, a testcase per block).")]
 OutDirOpt = Annotated[Path | None, typer.Option(
-    "--out", help="Folder for the PNG plots (mask_std, pos_std, std_ratio).")]
+    "--out", rich_help_panel=OUTPUTS, metavar="DIR",
+    help="Folder for the PNG plots (mask_std, pos_std, std_ratio).")]
 SourceArg = Annotated[Path, typer.Argument(
     help="Checkpoint, or report JSON (.json) written by inspect --json / check "
-    "--write-baseline.", show_default=False)]
+    "--write-baseline.", metavar="SOURCE", show_default=False)]
 
 
 @app.command()
@@ -470,18 +536,23 @@ def check(
     blocks: BlocksOpt = None,
     config: ConfigOpt = None,
     fail_on: FailOnOpt = "fail",
+    level: LevelOpt = None,
     baseline: BaselineOpt = None,
     max_drop: MaxDropOpt = 0.5,
     max_ratio_drop: MaxRatioDropOpt = 0.3,
     write_baseline: WriteBaselineOpt = None,
     junit: JunitOpt = None,
     json_out: JsonOpt = None,
+    wide: WideOpt = False,
     device: DeviceOpt = None,
     half: HalfOpt = False,
     half_dtype: HalfDtypeOpt = "float16",
+    effect: EffectOpt = False,
+    labels: LabelsOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Health gate for CI: exit 1 when a finding is at or above --fail-on (0 when healthy).
+    """Health gate for CI: exit 1 when a finding is at or above --fail-on (near-constant masks
+    count as fail; see --level), else 0; the last line counts the warnings let through.
 
     Example: coordatt-diag check best.pt --images samples/ --trust --fail-on warn --junit health.xml
     """
@@ -489,9 +560,15 @@ def check(
     def body() -> None:
         from coordatt_diag.errors import EXIT_UNHEALTHY, UsageError
         from coordatt_diag.reports.check import emit_check
-        from coordatt_diag.runs.check import BaselineOptions, check_checkpoints, check_fail_on
+        from coordatt_diag.runs.check import (
+            BaselineOptions,
+            check_checkpoints,
+            check_fail_on,
+            gate_levels,
+        )
 
         check_fail_on(fail_on)
+        levels = gate_levels(level or ())
         tolerances = BaselineOptions(max_drop=max_drop, max_ratio_drop=max_ratio_drop)
         if write_baseline is not None and len(checkpoints) != 1:
             raise UsageError("--write-baseline needs exactly one checkpoint")
@@ -500,12 +577,15 @@ def check(
             images=images, tensors=tensors, synthetic=synthetic, imgsz=imgsz,
             normalize=normalize, batch_size=batch_size, batches=batches, seed=seed,
             blocks=blocks, config=config, device=device, half=half, half_dtype=half_dtype,
+            effect=effect, labels=labels,
         )
         with _ProgressBar(None, "check") as bar:
             result = check_checkpoints(checkpoints, opts, fail_on=fail_on, baseline=baseline,
-                                       baseline_options=tolerances, progress=bar)
+                                       baseline_options=tolerances, levels=levels,
+                                       progress=bar)
         if _writer():
-            emit_check(result, json_out=json_out, junit=junit, write_baseline=write_baseline)
+            emit_check(result, json_out=json_out, junit=junit, write_baseline=write_baseline,
+                       wide=wide or None)
         if not result.healthy:
             raise typer.Exit(EXIT_UNHEALTHY)
 
@@ -537,6 +617,8 @@ def trend(
     device: DeviceOpt = None,
     half: HalfOpt = False,
     half_dtype: HalfDtypeOpt = "float16",
+    effect: EffectOpt = False,
+    labels: LabelsOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Mask std, positional std and std ratio of every block across checkpoints, in epoch order.
@@ -553,6 +635,7 @@ def trend(
             images=images, tensors=tensors, synthetic=synthetic, imgsz=imgsz,
             normalize=normalize, batch_size=batch_size, batches=batches, seed=seed,
             blocks=blocks, config=config, device=device, half=half, half_dtype=half_dtype,
+            effect=effect, labels=labels,
         )
         with _ProgressBar(None, "trend") as bar:
             result = trend_checkpoints(checkpoints, opts, progress=bar)
@@ -583,9 +666,12 @@ def compare(
     blocks: BlocksOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = None,
+    wide: WideOpt = False,
     device: DeviceOpt = None,
     half: HalfOpt = False,
     half_dtype: HalfDtypeOpt = "float16",
+    effect: EffectOpt = False,
+    labels: LabelsOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Two checkpoints (or report JSONs) side by side: each block's change, findings new and gone.
@@ -602,11 +688,12 @@ def compare(
             images=images, tensors=tensors, synthetic=synthetic, imgsz=imgsz,
             normalize=normalize, batch_size=batch_size, batches=batches, seed=seed,
             blocks=blocks, config=config, device=device, half=half, half_dtype=half_dtype,
+            effect=effect, labels=labels,
         )
         with _ProgressBar(None, "compare") as bar:
             result = compare_sources(a, b, opts, progress=bar)
         if _writer():
-            emit_compare(result, json_out=json_out)
+            emit_compare(result, json_out=json_out, wide=wide or None)
 
     _guard(debug, body, outputs={"--json": json_out},
            inputs=[a, b, images, tensors, config])
@@ -616,18 +703,22 @@ def compare(
 
 ReportSourceArg = Annotated[Path | None, typer.Argument(
     help="Checkpoint file (.pt, .pth, .ckpt, .safetensors); leave it out with --from-json.",
-    show_default=False)]
+    metavar="CHECKPOINT", show_default=False)]
 ReportOutOpt = Annotated[Path, typer.Option(
-    "--out", help="Folder to write (index.html, report.md, report.json, plots/).",
-    show_default=False)]
+    "--out", rich_help_panel=OUTPUTS, metavar="DIR",
+    help="Folder to write (index.html, report.md, report.json, plots/).", show_default=False)]
 FromJsonOpt = Annotated[Path | None, typer.Option(
-    "--from-json", help="Render this report JSON (from inspect --json) instead of running a "
-    "model; no overlays.")]
+    "--from-json", rich_help_panel=INPUTS, metavar="FILE",
+    help="Render this report JSON (from inspect --json) instead of running a model; no "
+    "overlays.")]
 OverlaysOpt = Annotated[int, typer.Option(
-    "--overlays", help="Sample images shown with each block's mask laid over them (0: none).")]
-FormatOpt = Annotated[str, typer.Option("--format", help="Figure format: png or svg.")]
+    "--overlays", rich_help_panel=OUTPUTS, metavar="N",
+    help="Sample images shown with each block's mask laid over them (0: none).")]
+FormatOpt = Annotated[str, typer.Option(
+    "--format", rich_help_panel=OUTPUTS, metavar="png|svg", help="Figure format.")]
 ForceOpt = Annotated[bool, typer.Option(
-    "--force", help="Replace --out even when it holds something other than a previous report.")]
+    "--force", rich_help_panel=OUTPUTS,
+    help="Replace --out even when it holds something other than a previous report.")]
 
 
 @app.command()

@@ -294,9 +294,15 @@ def baseline(ckpts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
 def test_baseline_regression(runner: CliRunner, ckpts: dict[str, Path], baseline: Path,
                              validate_report: Any) -> None:
     validate_report(json.loads(baseline.read_text()))
-    # without the baseline the weakened heads only warn (std 0.014 > 0.01): the gate passes
-    _check_json(runner, str(ckpts["weak"]), code=0)
-    data = _check_json(runner, str(ckpts["weak"]), "--baseline", str(baseline), code=1)
+    # without the baseline the weakened heads only warn (std 0.014 > 0.01), but a near-constant
+    # mask fails the gate by default; counted as the report counts it, the gate passes
+    data = _check_json(runner, str(ckpts["weak"]), code=1)
+    assert {f["code"] for f in data["checkpoints"][0]["failing"]} == {"near_constant"}
+    assert {f["severity"] for f in data["checkpoints"][0]["failing"]} == {"warn"}
+    assert data["levels"] == {"near_constant": "fail"}
+    relaxed = ("--level", "near_constant=warn")
+    _check_json(runner, str(ckpts["weak"]), *relaxed, code=0)
+    data = _check_json(runner, str(ckpts["weak"]), *relaxed, "--baseline", str(baseline), code=1)
     entry = data["checkpoints"][0]
     failing = entry["failing"]
     assert {(f["code"], f["block"], f["mask"]) for f in failing} >= {
@@ -314,8 +320,8 @@ def test_baseline_regression(runner: CliRunner, ckpts: dict[str, Path], baseline
     # a regression marks its block
     assert all(b["status"] == "fail" for b in now["blocks"])
     # a looser tolerance lets the same checkpoint pass
-    _check_json(runner, str(ckpts["weak"]), "--baseline", str(baseline), "--max-drop", "0.9",
-                code=0)
+    _check_json(runner, str(ckpts["weak"]), *relaxed, "--baseline", str(baseline),
+                "--max-drop", "0.9", code=0)
 
 
 def test_baseline_missing_and_new_block(runner: CliRunner, ckpts: dict[str, Path],

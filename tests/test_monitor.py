@@ -494,7 +494,7 @@ def test_inspect_cli_shows_the_monitor(runner, tmp_path: Path, validate_report) 
                                  "--imgsz", "16", "--batches", "1", "--json", str(out)],
                            catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "Seed block monitor" in result.stdout
+    assert "Block internals" in result.stdout
     assert "r_ema 1.000 (r_min 0.45, ratio_floor, monitor on) -> alpha_eff 0.750" in result.stdout
     assert "[untrained]" in result.stdout
     data = json.loads(out.read_text())

@@ -10,13 +10,14 @@ import json
 import sys
 from pathlib import Path
 
-from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from coordatt_diag.reports.atomic import write_bytes, write_text
 from coordatt_diag.reports.json_report import _clean
+from coordatt_diag.reports.terminal import new_table, print_hanging, print_table, words
+from coordatt_diag.reports.wording import legend
 from coordatt_diag.results import display_name
 from coordatt_diag.runs.trend import Trend
 
@@ -34,20 +35,19 @@ def _fmt(v: float | None, digits: int = 4) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def block_table(trend: Trend, index: int, plain: bool) -> Table:
-    """The table of one block: a row per checkpoint, a column per mask statistic."""
+def block_table(trend: Trend, index: int, console: Console) -> Table:
+    """The table of one block: a row per checkpoint, a column per mask statistic (numbers never
+    wrap; headers fold onto two lines where the width asks for it)."""
     b = trend.blocks[index]
-    table = Table(title=f"{display_name(b.name)} ({b.type})", title_justify="left",
-                  box=box.ASCII2 if plain else box.SIMPLE_HEAVY, header_style="bold",
-                  pad_edge=False)
-    table.add_column("checkpoint", no_wrap=True)
+    table = new_table(console)
+    table.add_column("checkpoint", overflow="fold")
     for kind in b.masks:
-        table.add_column(f"{kind} std", justify="right")
+        table.add_column(f"{kind} std", justify="right", min_width=6)
     for kind, s in b.masks.items():
         if any(v is not None for v in s.pos_std):
-            table.add_column(f"{kind} pos std", justify="right")
-    table.add_column("std ratio", justify="right")
-    table.add_column("status", no_wrap=True)
+            table.add_column(f"{kind} pos std", justify="right", min_width=6)
+    table.add_column("std ratio", justify="right", min_width=5)
+    table.add_column("status", min_width=4)
     for i, point in enumerate(trend.points):
         row: list[str | Text] = [point.label]
         row += [_fmt(s.std[i]) for s in b.masks.values()]
@@ -63,7 +63,6 @@ def block_table(trend: Trend, index: int, plain: bool) -> Table:
 
 def render_trend(trend: Trend, console: Console) -> None:
     """Print the checkpoints in order, then one table per block."""
-    plain = console.no_color
     inp = trend.inputs
     console.print(Text(f"{len(trend.points)} checkpoints, {len(trend.blocks)} attention blocks, "
                        f"{inp.samples} samples from {inp.source} (the same for every checkpoint)"))
@@ -71,8 +70,12 @@ def render_trend(trend: Trend, console: Console) -> None:
         line = Text(f"  {p.label:<12} {p.path} ")
         line.append(p.status.upper(), style=_STYLE.get(p.status, ""))
         console.print(line)
-    for i in range(len(trend.blocks)):
-        console.print(block_table(trend, i, plain))
+    for i, b in enumerate(trend.blocks):
+        console.print(Text(f"{display_name(b.name)} ({b.type})", style="bold"))
+        print_table(console, block_table(trend, i, console))
+    print_hanging(console, [(Text("Legend:", style="dim"),
+                             Text(words(console, legend(["std", "pos std", "std ratio"])),
+                                  style="dim"))])
     if inp.note:
         console.print(Text(f"note: {inp.note}", style="dim"))
 

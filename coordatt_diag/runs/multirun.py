@@ -10,13 +10,14 @@ checkpoint streams its inputs as `inspect` does.
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from coordatt_diag.errors import CheckpointError, UsageError
 
@@ -129,6 +130,16 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
+class _Replay:
+    """The cached batches, as an input stream the mask effect can open again."""
+
+    def __init__(self, cache: BatchCache) -> None:
+        self.cache = cache
+
+    def batches(self) -> Iterator[torch.Tensor]:
+        return iter(self.cache)
+
+
 def _check_pattern(pattern: str | None) -> None:
     if pattern is None:
         return
@@ -145,6 +156,9 @@ def inspect_checkpoints(
     on_checkpoint: Callable[[int, Path], None] | None = None,
 ) -> list[Report]:
     """`inspect_checkpoint` for each path, on the same inputs read once (see the module doc).
+
+    With `options.effect` each checkpoint's mask effect is measured on the same batches (and
+    `options.labels` lined up with them), as `inspect --effect` does.
 
     Args:
         paths: checkpoint files, run in this order (one model in memory at a time).
@@ -164,6 +178,7 @@ def inspect_checkpoints(
     from coordatt_diag.runs.inspect import (
         DiscoveryCache,
         InspectOptions,
+        _effect_labels,
         finalize,
         place_model,
         run_batches,
@@ -173,6 +188,7 @@ def inspect_checkpoints(
         raise UsageError("no checkpoint given")
     opts = options or InspectOptions()
     thresholds = load_thresholds(opts.config)
+    labels = _effect_labels(opts)
     _check_pattern(opts.blocks)
     add_import_paths(list(opts.paths), list(opts.imports))
     done = 0
@@ -194,12 +210,13 @@ def inspect_checkpoints(
                                 factory_args=opts.model_args)
             placement = place_model(loaded.model, opts.device, opts.half, opts.half_dtype)
             if info is None:
-                stream = open_inputs(
-                    images=opts.images, tensors=opts.tensors,
+                open_stream = functools.partial(
+                    open_inputs, images=opts.images, tensors=opts.tensors,
                     channels=input_channels(loaded.model), imgsz=opts.imgsz,
                     normalize=opts.normalize, batch_size=opts.batch_size,
                     batches=opts.batches, seed=opts.seed, model=loaded.model,
                 )
+                stream = open_stream()
                 if len(paths) == 1:
                     batches: Iterable[torch.Tensor] = stream.batches()
                 else:
@@ -212,6 +229,16 @@ def inspect_checkpoints(
                 state = run_batches(loaded.model, cache, blocks_pattern=opts.blocks,
                                     device=placement.device, progress=count,
                                     discoveries=discoveries)
-            reports.append(finalize(loaded.model, state, thresholds, loaded.info, info))
+            effects = None
+            if opts.effect:
+                from coordatt_diag.runs.effect import effect_of_inputs
+
+                again: Callable[[], Any] = (open_stream if len(paths) == 1
+                                            else functools.partial(_Replay, cache))
+                effects = effect_of_inputs(loaded.model, state.blocks, again, info,
+                                           labels=labels, limited=opts.batches is not None,
+                                           device=placement.device)
+            reports.append(finalize(loaded.model, state, thresholds, loaded.info, info,
+                                    effects=effects))
             del loaded, state
     return reports
