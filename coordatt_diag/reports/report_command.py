@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from coordatt_diag.errors import InputError, UsageError
+from coordatt_diag.runs.trend import HISTORY_SUFFIX, read_history
 
 if TYPE_CHECKING:
     from coordatt_diag.reports.folder import ReportFolder
@@ -28,7 +29,8 @@ FROM_JSON_NOTE = ("Overlays are not available with --from-json: a report JSON ho
 
 
 def read_saved_report(path: Path) -> Report:
-    """The report in a JSON file written by `inspect --json` (or a report folder's report.json).
+    """The report in a JSON file written by `inspect --json` (or a report folder's report.json),
+    or the latest probe of a watch's JSON-lines history (`.jsonl`).
 
     Raises:
         InputError: the file is missing or is not a coordatt-diag report.
@@ -37,6 +39,8 @@ def read_saved_report(path: Path) -> Report:
 
     if not path.is_file():
         raise InputError(f"--from-json {path} does not exist")
+    if path.suffix == HISTORY_SUFFIX:
+        return read_history(path)[-1]  # a watch's history: its latest probe
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
