@@ -42,8 +42,10 @@ def change_line(label: str, change: FindingChange) -> str:
         return (f"{label}: {_what(f)} resolved (first seen {change.first_seen.label}; last "
                 f"{f.severity}, {values})")
     if change.change == "new":
-        again = "" if change.first_seen.label == label else f" again (first seen {change.first_seen.label})"
-        return f"{label}: {_what(f)} ({f.severity}, {values}), first seen{again}: {f.message}; remedy: {f.remedy}"
+        first = change.first_seen.label
+        again = "" if first == label else f" again (first seen {first})"
+        return (f"{label}: {_what(f)} ({f.severity}, {values}), first seen{again}: {f.message}; "
+                f"remedy: {f.remedy}")
     return (f"{label}: {_what(f)} {change.change}: {change.previous} -> {f.severity} ({values}, "
             f"first seen {change.first_seen.label}); remedy: {f.remedy}")
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -37,7 +37,7 @@ from coordatt_diag.health.thresholds import ThresholdConfig, load_thresholds
 from coordatt_diag.results import CheckpointInfo, Finding, InputsInfo, Report
 from coordatt_diag.runs import distributed
 from coordatt_diag.runs.forward import _model_device, model_dtype
-from coordatt_diag.runs.inspect import find_blocks, finalize, run_batches
+from coordatt_diag.runs.inspect import finalize, find_blocks, run_batches
 
 #: Probe inputs: one batch, several batches, or an image folder / image / .pt / .npy file.
 Probe = torch.Tensor | Sequence[torch.Tensor] | str | Path
