@@ -115,7 +115,8 @@ def test_the_watch_computes_what_inspect_computes(collapsing: dict[str, Any],
         assert a.std_ratio.mean == pytest.approx(b.std_ratio.mean, rel=1e-6)
     # independent check of one number: std of the a_h masks gathered by hand
     model = collapsing["model"]
-    model(split.x_test)
+    with torch.no_grad():
+        model(split.x_test)
     att = model.stage1.att
     assert att._last_ah is not None
     assert probed.block("stage1.att").masks["a_h"].std == pytest.approx(
