@@ -339,3 +339,21 @@ def test_history_reader_skips_a_cut_last_line(collapsing: dict[str, Any], tmp_pa
     bad.write_text(lines[0] + "{not json}\n")
     with pytest.raises(InputError, match="bad.jsonl:2"):
         read_history(bad)
+
+
+def test_config_file_and_wrapped_model(tmp_path: Path) -> None:
+    """`config=` is `--config`: the same file gives the same thresholds and findings as inspect."""
+    from coordatt_diag.health.thresholds import load_thresholds
+
+    config = tmp_path / "health.toml"
+    config.write_text("near_constant_warn = 0.9\nnear_constant_fail = 0.5\n")
+    model, x = constructed_net(), torch.randn(4, 3, 16, 16)
+    watch = MaskWatch(nn.DataParallel(model), x, config=config, log=None)
+    result = watch.step(0)
+    assert result is not None
+    expected = analyze_model(model, [x], thresholds=load_thresholds(config))
+    assert result.report.thresholds == expected.thresholds
+    assert result.report.thresholds["near_constant_warn"] == 0.9
+    assert [b.name for b in result.report.blocks] == [b.name for b in expected.blocks]
+    assert [b.findings for b in result.report.blocks] == [b.findings for b in expected.blocks]
+    assert any(f.code == "near_constant" for b in result.report.blocks for f in b.findings)
