@@ -357,3 +357,44 @@ def test_config_file_and_wrapped_model(tmp_path: Path) -> None:
     assert [b.name for b in result.report.blocks] == [b.name for b in expected.blocks]
     assert [b.findings for b in result.report.blocks] == [b.findings for b in expected.blocks]
     assert any(f.code == "near_constant" for b in result.report.blocks for f in b.findings)
+
+
+def test_ultralytics_callbacks_on_a_trainer_double(tmp_path: Path) -> None:
+    """The callbacks' logic without Ultralytics (the real training is in tests/integration): the
+    EMA copy is probed, the final validation's extra on_fit_epoch_end is not, stop_on sets
+    trainer.stop, the files go to <save_dir>/mask-health."""
+    from types import SimpleNamespace
+
+    from coordatt_diag.integrations.ultralytics import watch_training
+
+    class YoloDouble:
+        def __init__(self) -> None:
+            self.callbacks: dict[str, list[Any]] = {}
+
+        def add_callback(self, event: str, fn: Any) -> None:
+            self.callbacks.setdefault(event, []).append(fn)
+
+        def run(self, event: str, trainer: Any) -> None:
+            for fn in self.callbacks.get(event, []):
+                fn(trainer)
+
+    collapsed = constructed_net(pos=0.0, chan=0.0)
+    trainer = SimpleNamespace(model=constructed_net(), ema=SimpleNamespace(ema=collapsed),
+                              args=SimpleNamespace(imgsz=16), save_dir=str(tmp_path), epoch=0,
+                              stop=False)
+    yolo, lines = YoloDouble(), []
+    callbacks = watch_training(yolo, probe_images=torch.randn(4, 3, 16, 16), stop_on="fail",
+                               log=lines.append, tensorboard=False)
+    for epoch in range(2):
+        trainer.epoch = epoch
+        yolo.run("on_train_epoch_start", trainer)
+        yolo.run("on_fit_epoch_end", trainer)
+    trainer.epoch = 2  # final_eval(): epoch + 1, outside any epoch
+    yolo.run("on_fit_epoch_end", trainer)
+    yolo.run("on_train_end", trainer)
+    watch = callbacks.watch
+    assert watch is not None and watch.probes == 2 and watch.closed
+    assert trainer.stop and watch.last is not None and watch.last.report.summary.status == "fail"
+    history = read_history(tmp_path / "mask-health" / "history.jsonl")
+    assert [r.checkpoint.epoch for r in history] == [0, 1]
+    assert any("asking the training to stop" in ln for ln in lines)
