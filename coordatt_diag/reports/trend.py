@@ -169,9 +169,9 @@ def write_plots(trend: Trend, out_dir: Path) -> list[Path]:
             ax.annotate(text, (x, 1.0), xycoords=("data", "axes fraction"), fontsize=6,
                         color="tab:red", xytext=(-2, -3), textcoords="offset points", va="top",
                         ha="right", rotation=90)
-        values = dict(lines)
+        by_label = dict(lines)
         for f in trend.first_seen:  # ring the point of the mask the finding is about
-            series = values.get(f"{display_name(f.block)} {f.mask}") if f.mask else None
+            series = by_label.get(f"{display_name(f.block)} {f.mask}") if f.mask else None
             if series is not None and series[f.point] is not None:
                 ax.plot([xs[f.point]], [series[f.point]], marker="o", markersize=9,
                         markerfacecolor="none", markeredgecolor="tab:red", linestyle="none")
