@@ -172,8 +172,9 @@ def write_plots(trend: Trend, out_dir: Path) -> list[Path]:
         by_label = dict(lines)
         for f in trend.first_seen:  # ring the point of the mask the finding is about
             series = by_label.get(f"{display_name(f.block)} {f.mask}") if f.mask else None
-            if series is not None and series[f.point] is not None:
-                ax.plot([xs[f.point]], [series[f.point]], marker="o", markersize=9,
+            ringed = series[f.point] if series is not None else None
+            if ringed is not None:
+                ax.plot([xs[f.point]], [ringed], marker="o", markersize=9,
                         markerfacecolor="none", markeredgecolor="tab:red", linestyle="none")
         if not trend.by_epoch:
             ax.set_xticks(xs)
