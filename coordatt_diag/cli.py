@@ -509,6 +509,10 @@ WriteBaselineOpt = Annotated[Path | None, typer.Option(
 JunitOpt = Annotated[Path | None, typer.Option(
     "--junit", rich_help_panel=OUTPUTS, metavar="FILE",
     help="Write JUnit XML here (a testsuite per checkpoint, a testcase per block).")]
+TrendSourcesArg = Annotated[list[Path], typer.Argument(
+    help="Checkpoint files (.pt, .pth, .ckpt, .safetensors; glob patterns are expanded), or one "
+    "watch history (history.jsonl, written by coordatt_diag.watch.MaskWatch).",
+    show_default=False)]
 OutDirOpt = Annotated[Path | None, typer.Option(
     "--out", rich_help_panel=OUTPUTS, metavar="DIR",
     help="Folder for the PNG plots (mask_std, pos_std, std_ratio).")]
@@ -596,7 +600,7 @@ def check(
 
 @app.command()
 def trend(
-    checkpoints: CheckpointsArg,
+    checkpoints: TrendSourcesArg,
     trust: TrustOpt = False,
     model: ModelOpt = None,
     model_args: ModelArgsOpt = None,
@@ -624,6 +628,8 @@ def trend(
     """Mask std, positional std and std ratio of every block across checkpoints, in epoch order.
 
     Example: coordatt-diag trend runs/exp/weights/epoch*.pt --images samples/ --trust --out plots/
+
+    A watch's history needs no model or inputs: coordatt-diag trend runs/exp/mask-health/history.jsonl
     """
 
     def body() -> None:
@@ -709,8 +715,8 @@ ReportOutOpt = Annotated[Path, typer.Option(
     help="Folder to write (index.html, report.md, report.json, plots/).", show_default=False)]
 FromJsonOpt = Annotated[Path | None, typer.Option(
     "--from-json", rich_help_panel=INPUTS, metavar="FILE",
-    help="Render this report JSON (from inspect --json) instead of running a model; no "
-    "overlays.")]
+    help="Render this report JSON (from inspect --json), or the latest probe of a watch history "
+    "(history.jsonl), instead of running a model; no overlays.")]
 OverlaysOpt = Annotated[int, typer.Option(
     "--overlays", rich_help_panel=OUTPUTS, metavar="N",
     help="Sample images shown with each block's mask laid over them (0: none).")]

@@ -12,6 +12,7 @@ from pathlib import Path
 from coordatt_diag.errors import UsageError
 from coordatt_diag.reports.atomic import write_text
 from coordatt_diag.reports.json_report import _clean, write_report
+from coordatt_diag.reports.wording import verdict_line
 from coordatt_diag.results import Finding, display_name
 from coordatt_diag.runs.check import CheckResult, baseline_report, gate_severity
 
@@ -36,32 +37,6 @@ def failing_lines(result: CheckResult) -> list[str]:
             parts = ", ".join(_short(f) for f in findings)
             lines.append(f"{level.upper()} {ck} {display_name(block) or 'model'}: {parts}")
     return lines
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def verdict_line(result: CheckResult) -> str:
-    """The last line: failed (which checkpoints, how many findings in how many blocks), passed
-    with warnings below the gate, or passed and healthy."""
-    n = len(result.verdicts)
-    gate = f"--fail-on {result.fail_on}"
-    bad = [v for v in result.verdicts if not v.healthy]
-    if bad:
-        names = ", ".join(Path(v.report.checkpoint.path or "model").name for v in bad)
-        failing = sum(len(v.failing) for v in bad)
-        blocks = sum(len(v.failing_blocks()) for v in bad)
-        return (f"check failed: {len(bad)} of {_plural(n, 'checkpoint')} unhealthy at {gate} "
-                f"({names}): {_plural(failing, 'finding')} in {_plural(blocks, 'block')}")
-    # a passing gate is at warn or fail, so what it lets through are warnings (and infos)
-    warned = [(v, f) for v in result.verdicts for f in v.findings() if f.severity == "warn"]
-    if warned:
-        blocks = len({(id(v), f.block) for v, f in warned})
-        return (f"check passed with {_plural(len(warned), 'warning')} in "
-                f"{_plural(blocks, 'block')} (warnings do not fail at {gate}; "
-                f"{_plural(n, 'checkpoint')})")
-    return f"check passed: {_plural(n, 'checkpoint')} healthy at {gate}"
 
 
 def check_json(result: CheckResult) -> str:

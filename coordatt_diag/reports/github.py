@@ -58,7 +58,7 @@ def _cell(text: str) -> str:
 
 def step_summary(result: CheckResult) -> str:
     """The Markdown job summary of a check result."""
-    from coordatt_diag.reports.check import verdict_line
+    from coordatt_diag.reports.wording import verdict_line
 
     lines = [f"## coordatt-diag {verdict_line(result)}", ""]
     if result.baseline:

@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from coordatt_diag.errors import UsageError
+from coordatt_diag.errors import InputError, UsageError
+from coordatt_diag.runs.trend import HISTORY_SUFFIX, read_history
 
 if TYPE_CHECKING:
     from coordatt_diag.reports.folder import ReportFolder
@@ -28,13 +29,18 @@ FROM_JSON_NOTE = ("Overlays are not available with --from-json: a report JSON ho
 
 def read_saved_report(path: Path) -> Report:
     """The report in a JSON file written by `inspect --json` (or a report folder's report.json),
-    validated against the report schema.
+    validated against the report schema, or the latest probe of a watch's JSON-lines history
+    (`.jsonl`).
 
     Raises:
         InputError: the file is missing, not JSON, or not a coordatt-diag report.
     """
     from coordatt_diag.runs.check import read_report_file
 
+    if path.suffix == HISTORY_SUFFIX:
+        if not path.is_file():
+            raise InputError(f"--from-json {path} does not exist")
+        return read_history(path)[-1]  # a watch's history: its latest probe
     return read_report_file(path, "--from-json")
 
 

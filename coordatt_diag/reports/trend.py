@@ -76,6 +76,13 @@ def render_trend(trend: Trend, console: Console) -> None:
     print_hanging(console, [(Text("Legend:", style="dim"),
                              Text(words(console, legend(["std", "pos std", "std ratio"])),
                                   style="dim"))])
+    if trend.first_seen:
+        console.print(Text("findings, where each first appeared:"))
+        for f in trend.first_seen:
+            mask = f" {f.mask}" if f.mask else ""
+            line = Text(f"  {f.label:<12} {display_name(f.block)}{mask} {f.code} ")
+            line.append(f.severity, style=_STYLE.get(f.severity, ""))
+            console.print(line)
     if inp.note:
         console.print(Text(f"note: {inp.note}", style="dim"))
 
@@ -111,12 +118,26 @@ def _guides(trend: Trend, stat: str) -> list[tuple[float, str]]:
     return [(float(th[k]), k) for k in keys if isinstance(th.get(k), (int, float))]
 
 
+def _first_seen_marks(trend: Trend, xs: list[float]) -> list[tuple[float, str]]:
+    """(x, text) for each checkpoint where findings first appeared: their block, mask and code."""
+    by_point: dict[int, list[str]] = {}
+    for f in trend.first_seen:
+        mask = f" {f.mask}" if f.mask else ""
+        by_point.setdefault(f.point, []).append(f"{display_name(f.block)}{mask} {f.code}")
+    marks = []
+    for point, names in sorted(by_point.items()):
+        shown = names[:4] + ([f"+{len(names) - 4} more"] if len(names) > 4 else [])
+        marks.append((xs[point], "\n".join(shown)))
+    return marks
+
+
 def write_plots(trend: Trend, out_dir: Path) -> list[Path]:
     """Write `mask_std.png`, `pos_std.png` and `std_ratio.png` into `out_dir` (created; staged
     with the command's other outputs, `coordatt_diag.reports.atomic`).
 
     Each plot has one line per block (and mask), over the epochs when every checkpoint records
-    one, else over the checkpoints in order; dashed lines mark the health thresholds.
+    one, else over the checkpoints in order; dashed lines mark the health thresholds, dotted red
+    lines the checkpoints where findings first appeared (named beside them).
 
     Returns:
         The files written.
@@ -146,6 +167,18 @@ def write_plots(trend: Trend, out_dir: Path) -> list[Path]:
             ax.axhline(value, color="grey", linestyle="--", linewidth=0.8)
             ax.annotate(label, (xs[0] if xs else 0.0, value), fontsize=7, color="grey",
                         xytext=(2, 2), textcoords="offset points")
+        for x, text in _first_seen_marks(trend, xs):
+            ax.axvline(x, color="tab:red", linestyle=":", linewidth=1.0)
+            ax.annotate(text, (x, 1.0), xycoords=("data", "axes fraction"), fontsize=6,
+                        color="tab:red", xytext=(-2, -3), textcoords="offset points", va="top",
+                        ha="right", rotation=90)
+        by_label = dict(lines)
+        for f in trend.first_seen:  # ring the point of the mask the finding is about
+            series = by_label.get(f"{display_name(f.block)} {f.mask}") if f.mask else None
+            ringed = series[f.point] if series is not None else None
+            if ringed is not None:
+                ax.plot([xs[f.point]], [ringed], marker="o", markersize=9,
+                        markerfacecolor="none", markeredgecolor="tab:red", linestyle="none")
         if not trend.by_epoch:
             ax.set_xticks(xs)
             ax.set_xticklabels([p.label for p in trend.points], rotation=30, ha="right",

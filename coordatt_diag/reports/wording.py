@@ -9,8 +9,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from coordatt_diag.results import BlockReport, Finding, Report, display_name
+
+if TYPE_CHECKING:
+    from coordatt_diag.runs.check import CheckResult
 
 _SEVERITY_RANK = {"info": 0, "warn": 1, "fail": 2}
 
@@ -187,3 +192,29 @@ def legend(columns: Sequence[str], extra: Sequence[str] = ()) -> str:
     glossary explains, in glossary order."""
     wanted = set(columns) | set(extra)
     return "; ".join(f"{term}: {text}" for term, text in GLOSSARY.items() if term in wanted)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def verdict_line(result: CheckResult) -> str:
+    """The last line: failed (which checkpoints, how many findings in how many blocks), passed
+    with warnings below the gate, or passed and healthy."""
+    n = len(result.verdicts)
+    gate = f"--fail-on {result.fail_on}"
+    bad = [v for v in result.verdicts if not v.healthy]
+    if bad:
+        names = ", ".join(Path(v.report.checkpoint.path or "model").name for v in bad)
+        failing = sum(len(v.failing) for v in bad)
+        blocks = sum(len(v.failing_blocks()) for v in bad)
+        return (f"check failed: {len(bad)} of {_plural(n, 'checkpoint')} unhealthy at {gate} "
+                f"({names}): {_plural(failing, 'finding')} in {_plural(blocks, 'block')}")
+    # a passing gate is at warn or fail, so what it lets through are warnings (and infos)
+    warned = [(v, f) for v in result.verdicts for f in v.findings() if f.severity == "warn"]
+    if warned:
+        blocks = len({(id(v), f.block) for v, f in warned})
+        return (f"check passed with {_plural(len(warned), 'warning')} in "
+                f"{_plural(blocks, 'block')} (warnings do not fail at {gate}; "
+                f"{_plural(n, 'checkpoint')})")
+    return f"check passed: {_plural(n, 'checkpoint')} healthy at {gate}"

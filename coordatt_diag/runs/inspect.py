@@ -120,13 +120,22 @@ def _compile_pattern(pattern: str | None) -> str | None:
     return pattern
 
 
-def find_blocks(model: nn.Module, sample: torch.Tensor, pattern: str | None = None) -> list[BlockSpec]:
+def _grad_off(inference: bool) -> contextlib.AbstractContextManager[Any]:
+    """`torch.inference_mode` for a run on its own; `torch.no_grad` inside a training, whose
+    lazily built tensors (anchor grids, caches) must stay usable by autograd afterwards."""
+    return torch.inference_mode() if inference else torch.no_grad()
+
+
+def find_blocks(model: nn.Module, sample: torch.Tensor, pattern: str | None = None,
+                inference: bool = True) -> list[BlockSpec]:
     """Discover the attention blocks with one traced forward pass (see `capture`).
+
+    With `inference` False the pass runs under `no_grad` instead of `inference_mode`.
 
     Raises:
         NoBlocksError: nothing found; the message says what was searched and how to use --blocks.
     """
-    return discover(model, sample, pattern, measure=False).blocks
+    return discover(model, sample, pattern, measure=False, inference=inference).blocks
 
 
 @dataclass(frozen=True)
@@ -139,7 +148,7 @@ class Discovery:
 
 
 def discover(model: nn.Module, sample: torch.Tensor, pattern: str | None = None,
-             measure: bool = True) -> Discovery:
+             measure: bool = True, inference: bool = True) -> Discovery:
     """`find_blocks` on `sample`, then (`measure`) the activation memory of one of its samples.
 
     The measurement is a plain forward pass of one sample under `memory.LiveBytes`: the
@@ -150,7 +159,7 @@ def discover(model: nn.Module, sample: torch.Tensor, pattern: str | None = None,
         NoBlocksError: as `find_blocks`.
     """
     pattern = _compile_pattern(pattern)
-    with preserved_mode(model), torch.inference_mode(), _forward_errors(sample):
+    with preserved_mode(model), _grad_off(inference), _forward_errors(sample):
         specs = discover_blocks(model, sample, pattern)
     if not specs:
         n = sum(1 for _ in model.modules())
@@ -399,6 +408,9 @@ def run_batches(
     progress: Progress | None = None,
     dtype: torch.dtype | None = None,
     discoveries: DiscoveryCache | None = None,
+    blocks: list[BlockSpec] | None = None,
+    inference: bool = True,
+    shard: bool = True,
 ) -> RunState:
     """Discover the blocks on the first batch, then stream every batch's mask statistics.
 
@@ -410,6 +422,12 @@ def run_batches(
         progress: called with the number of batches done after each batch.
         dtype: the dtype floating inputs are cast to (default: the model's).
         discoveries: discoveries of earlier models of this run (see `DiscoveryCache`).
+        blocks: blocks found already (`find_blocks`): no discovery and no memory pre-check (a
+            watch during training, `coordatt_diag.runs.watch`).
+        inference: run under `torch.inference_mode` (False: `torch.no_grad`, for a model that
+            goes on training).
+        shard: under torchrun, share the batches among the ranks (False: this process runs
+            them all and nothing is gathered).
 
     Under torchrun (see `coordatt_diag.runs.distributed`) each rank runs every world-th batch and the
     returned state holds the merged statistics of all ranks.
@@ -427,23 +445,28 @@ def run_batches(
     first = _to(first, dev, dtype)
     # two samples: a gate computed from a parameter has batch size 1 and must not pass for a mask
     probe = first[:2] if first.shape[0] >= 2 else first.repeat(2, *([1] * (first.dim() - 1)))
-    # the memory pre-check's activation peak is measured in the discovery pass itself
-    measure = memory.enabled()
-    found = (discoveries.discover(model, probe, blocks_pattern, measure) if discoveries is not None
-             else discover(model, probe, blocks_pattern, measure))
-    state = RunState(blocks=list(found.blocks))
-    shard = distributed.group(dev)
+    found: Discovery | None = None
+    if blocks is None:
+        # the memory pre-check's activation peak is measured with the discovery
+        measure = memory.enabled()
+        found = (discoveries.discover(model, probe, blocks_pattern, measure)
+                 if discoveries is not None
+                 else discover(model, probe, blocks_pattern, measure, inference=inference))
+        blocks = list(found.blocks)
+    state = RunState(blocks=list(blocks))
+    group = distributed.group(dev) if shard else None
     error: tuple[str, str, int] | None = None
     try:
-        with preserved_mode(model), _forward_errors(probe):
-            # before the run, not halfway through it
-            memory.check_batch(model, probe, first, per_sample=found.per_sample)
-        with torch.inference_mode(), state.capture(model):
+        if found is not None:
+            with preserved_mode(model), _forward_errors(probe):
+                # before the run, not halfway through it
+                memory.check_batch(model, probe, first, per_sample=found.per_sample)
+        with _grad_off(inference), state.capture(model):
             done = 0
             index = 0
             batch: torch.Tensor | None = first
             while batch is not None:
-                if shard is None or shard.owns(index):
+                if group is None or group.owns(index):
                     _forward(model, batch)
                     done += 1
                     if progress is not None:
@@ -452,10 +475,10 @@ def run_batches(
                 nxt = next(it, None)
                 batch = _to(nxt, dev, dtype) if nxt is not None else None
     except Exception as exc:
-        if shard is None:
+        if group is None:
             raise
         error = distributed.error_payload(exc)  # the other ranks must hear of it
-    if shard is not None:
+    if group is not None:
         state = _merged(state, error)
     return state
 
