@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from coordatt_diag.errors import OutputError, show_path
 
@@ -396,19 +397,37 @@ def _append(a: _Append) -> None:
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[Callable[[], bool]]:
-    """Hold SIGINT and SIGTERM back (main thread, where the platform can); yield a function
-    telling whether one arrived meanwhile. They are delivered when the block ends."""
-    can = (hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigpending")
-           and threading.current_thread() is threading.main_thread())
-    if not can:
+    """Hold SIGINT and SIGTERM back while the block runs; yield a function telling whether one
+    arrived meanwhile. They are delivered, to the handlers they had, when the block ends.
+
+    A signal mask would not do: it holds a signal back from the calling thread only, and the
+    kernel hands a process-directed signal to any thread that does not block it (torch's worker
+    threads), whose arrival Python then runs on the main thread at once. So the Python-level
+    handlers are swapped for one that only notes the signal, and a noted signal is sent again
+    after the handlers are back.
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield lambda: False
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    got: list[int] = []
+
+    def note(signum: int, frame: object) -> None:
+        got.append(signum)
+
+    old: dict[signal.Signals, Any] = {}
+    for sig in _SIGNALS:
+        handler = signal.getsignal(sig)
+        if handler in (signal.SIG_IGN, None):
+            continue
+        old[sig] = handler
+        signal.signal(sig, note)
     try:
-        yield lambda: any(signal.getsignal(s) != signal.SIG_IGN
-                          for s in signal.sigpending() & _SIGNALS)
+        yield lambda: bool(got)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for num in dict.fromkeys(got):
+            os.kill(os.getpid(), num)
 
 
 _current: ContextVar[Outputs | None] = ContextVar("coordatt_diag_outputs", default=None)
