@@ -45,7 +45,7 @@ import sys
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,8 +53,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from coordatt_diag.errors import CheckpointError, UsageError
-from coordatt_diag.results import CheckpointInfo
+from coordatt_diag.errors import CheckpointError, UsageError, opt
+from coordatt_diag.results import CheckpointInfo, PathArg
 
 _STATE_KEYS = ("state_dict", "model_state_dict")
 _PREFIXES = ("module.", "model.", "_orig_mod.")
@@ -111,7 +111,7 @@ def _stdout_to_stderr() -> contextlib.AbstractContextManager[Any]:
     return contextlib.redirect_stdout(sys.stderr)
 
 
-def add_import_paths(paths: list[Path] | None, modules: list[str] | None) -> None:
+def add_import_paths(paths: Sequence[PathArg] | None, modules: Sequence[str] | None) -> None:
     """Make the user's block classes importable: add `paths` to sys.path, import `modules`.
 
     Raises:
@@ -119,7 +119,7 @@ def add_import_paths(paths: list[Path] | None, modules: list[str] | None) -> Non
     """
     for p in paths or []:
         if not Path(p).is_dir():
-            raise UsageError(f"--path {p} is not a directory")
+            raise UsageError(f"{opt('paths', p)} is not a directory")
         if str(p) not in sys.path:
             sys.path.insert(0, str(Path(p).resolve()))
     if modules:
@@ -133,7 +133,7 @@ def add_import_paths(paths: list[Path] | None, modules: list[str] | None) -> Non
             top = (getattr(exc, "name", None) or "").split(".")[0]
             hint = f" ({INSTALL_HINTS[top]})" if top in INSTALL_HINTS else ""
             raise CheckpointError(
-                f"cannot import module {mod!r} ({exc}){hint}: add its folder with --path DIR"
+                f"cannot import module {mod!r} ({exc}){hint}: add its folder with {opt('paths', 'DIR')}"
             ) from exc
 
 
@@ -169,7 +169,7 @@ def _compiled_refusal(path: Path, kind: str) -> CheckpointError:
                 "the masks computed inside them")
     return CheckpointError(
         f"{path} is {what}; pass the eager model's checkpoint instead: torch.save(model) (with "
-        "--trust), or a state dict with --model pkg.module:factory"
+        f"{opt('trust', True)}), or a state dict with {opt('model', 'pkg.module:factory')}"
     )
 
 
@@ -193,7 +193,7 @@ def _refusal(path: Path, exc: Exception) -> CheckpointError:
         detail = str(exc).strip().splitlines()
         what = f"safe loading refused it ({detail[-1] if detail else type(exc).__name__})"
     return CheckpointError(
-        f"{path} was not loaded: {what}; pass --trust to load it with full pickle, which runs "
+        f"{path} was not loaded: {what}; pass {opt('trust', True)} to load it with full pickle, which runs "
         "code from the file (only for files you trust)"
     )
 
@@ -207,7 +207,7 @@ def _missing_package_error(path: Path, name: str) -> CheckpointError:
         )
     return CheckpointError(
         f"{path} needs module {name!r}, which is not importable: install it, or make it "
-        "importable with --path DIR and --import MODULE"
+        f"importable with {opt('paths', 'DIR')} and {opt('imports', 'MODULE')}"
     )
 
 
@@ -250,18 +250,20 @@ def _missing_class_error(path: Path, exc: Exception) -> CheckpointError:
     if attr:
         return CheckpointError(
             f"{path} needs class {attr.group(1)!r} from module {attr.group(2)!r}, which does not "
-            "define it: import the module that does with --import MODULE (and --path DIR)"
+            f"define it: import the module that does with {opt('imports', 'MODULE')} "
+            f"(and {opt('paths', 'DIR')})"
         )
-    return CheckpointError(f"{path} could not be unpickled ({text}): check --import / --path")
+    return CheckpointError(f"{path} could not be unpickled ({text}): check {opt('imports')} / {opt('paths')}")
 
 
-def read_checkpoint(path: Path, trust: bool = False) -> Any:
+def read_checkpoint(path: PathArg, trust: bool = False) -> Any:
     """`torch.load` the file on the CPU, safely unless `trust`.
 
     Raises:
         CheckpointError: missing, unreadable, corrupt or truncated file; a TorchScript or
             torch.export archive; a refused pickle; a missing module or class.
     """
+    path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not path.is_file():
@@ -382,31 +384,32 @@ def _pick(obj: Any) -> tuple[str, Any]:
 def build_from_factory(spec: str, args_json: str | None) -> nn.Module:
     """Call `pkg.mod:factory` (with the JSON keyword arguments, if any) and return the model."""
     if ":" not in spec:
-        raise UsageError(f"--model {spec!r} must look like pkg.module:factory")
+        raise UsageError(f"{opt('model', spec)} must look like pkg.module:factory")
     mod_name, _, attr = spec.partition(":")
     kwargs: dict[str, Any] = {}
     if args_json:
         try:
             kwargs = json.loads(args_json)
         except json.JSONDecodeError as exc:
-            raise UsageError(f"--model-args is not valid JSON: {exc}") from exc
+            raise UsageError(f"{opt('model_args')} is not valid JSON: {exc}") from exc
         if not isinstance(kwargs, dict):
-            raise UsageError("--model-args must be a JSON object of keyword arguments")
+            raise UsageError(f"{opt('model_args')} must be a JSON object of keyword arguments")
     try:
         module = importlib.import_module(mod_name)
     except ImportError as exc:
         raise CheckpointError(
-            f"cannot import {mod_name!r} for --model ({exc}): add its folder with --path DIR"
+            f"cannot import {mod_name!r} for {opt('model')} ({exc}): add its folder with "
+            f"{opt('paths', 'DIR')}"
         ) from exc
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
-        raise CheckpointError(f"module {mod_name!r} has no callable {attr!r} for --model")
+        raise CheckpointError(f"module {mod_name!r} has no callable {attr!r} for {opt('model')}")
     try:
         model = factory(**kwargs)
     except TypeError as exc:
-        raise UsageError(f"--model {spec} could not be called with {kwargs}: {exc}") from exc
+        raise UsageError(f"{opt('model', spec)} could not be called with {kwargs}: {exc}") from exc
     if not isinstance(model, nn.Module):
-        raise CheckpointError(f"--model {spec} returned a {type(model).__name__}, not an nn.Module")
+        raise CheckpointError(f"{opt('model', spec)} returned a {type(model).__name__}, not an nn.Module")
     return model
 
 
@@ -447,12 +450,12 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
             shape = str(exc).strip().splitlines()
             parts.append(shape[1].strip() if len(shape) > 1 else shape[0])
         raise CheckpointError(
-            "the state dict does not fit the --model factory: " + "; ".join(parts)
+            f"the state dict does not fit the {opt('model')} factory: " + "; ".join(parts)
         ) from exc
 
 
 def load_model(
-    path: Path,
+    path: PathArg,
     trust: bool = False,
     factory: str | None = None,
     factory_args: str | None = None,
@@ -471,20 +474,21 @@ def load_model(
     Raises:
         CheckpointError, UsageError: see `read_checkpoint`, `build_from_factory`, `load_state`.
     """
+    path = Path(path)
     obj = read_checkpoint(path, trust=trust)
     fmt, found = _pick(obj)
     if fmt == "state_dict":
         if factory is None:
             raise CheckpointError(
                 f"{path} holds a state dict ({len(found)} tensors) but no model: pass "
-                "--model pkg.module:factory to build the model it belongs to"
+                f"{opt('model', 'pkg.module:factory')} to build the model it belongs to"
             )
         model = build_from_factory(factory, factory_args)
         load_state(model, found)
     else:
         model = found
         if factory is not None:
-            raise UsageError(f"{path} holds a whole model; --model is only for state dicts")
+            raise UsageError(f"{path} holds a whole model; {opt('model')} is only for state dicts")
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"{path} does not hold an nn.Module")
     if isinstance(model, torch.jit.ScriptModule):

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from coordatt_diag.errors import InputError, UsageError
+from coordatt_diag.errors import InputError, UsageError, opt
 from coordatt_diag.results import InputsInfo
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -162,15 +162,15 @@ def open_inputs(
         InputError: the files cannot be read or do not fit the model.
     """
     if images is not None and tensors is not None:
-        raise UsageError("pass either --images or --tensors, not both")
+        raise UsageError(f"pass either {opt('images')} or {opt('tensors')}, not both")
     if batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
+        raise UsageError(f"{opt('batch_size')} must be at least 1")
     if batches is not None and batches < 1:
-        raise UsageError("--batches must be at least 1")
+        raise UsageError(f"{opt('batches')} must be at least 1")
     if imgsz is not None and imgsz < 1:
-        raise UsageError("--imgsz must be at least 1")
+        raise UsageError(f"{opt('imgsz')} must be at least 1")
     if normalize not in ("unit", "imagenet"):
-        raise UsageError("--normalize must be 'unit' or 'imagenet'")
+        raise UsageError(f"{opt('normalize')} must be 'unit' or 'imagenet'")
     if tensors is not None:
         stream = InputStream("tensors", str(tensors), batch_size, None, None)
         stream._iter = _limit(_tensor_batches(tensors, channels, batch_size), batches)
@@ -232,14 +232,14 @@ def read_array_file(path: Path, option: str, expected: str) -> Any:
 
 def load_tensor_file(path: Path) -> list[torch.Tensor]:
     """The tensors in a .pt or .npy file, each (N, C, H, W) float32."""
-    obj = read_array_file(path, "--tensors", "a tensor (N,C,H,W)")
+    obj = read_array_file(path, opt("tensors"), "a tensor (N,C,H,W)")
     if isinstance(obj, torch.Tensor):
         chunks = [obj]
     elif isinstance(obj, (list, tuple)) and obj and all(isinstance(t, torch.Tensor) for t in obj):
         chunks = list(obj)
     else:
         raise InputError(
-            f"--tensors {path} holds a {type(obj).__name__}; expected a tensor (N,C,H,W) or a "
+            f"{opt('tensors', path)} holds a {type(obj).__name__}; expected a tensor (N,C,H,W) or a "
             "list of them"
         )
     out = []
@@ -248,7 +248,7 @@ def load_tensor_file(path: Path) -> list[torch.Tensor]:
             t = t.unsqueeze(0)
         if t.dim() != 4:
             raise InputError(
-                f"--tensors {path} holds a tensor of shape {tuple(t.shape)}; expected (N,C,H,W)"
+                f"{opt('tensors', path)} holds a tensor of shape {tuple(t.shape)}; expected (N,C,H,W)"
             )
         if not t.is_floating_point():
             t = t.float()
@@ -261,7 +261,7 @@ def _tensor_batches(path: Path, channels: int, batch_size: int) -> Iterator[torc
     for t in chunks:
         if t.shape[1] != channels:
             raise InputError(
-                f"--tensors {path} has {t.shape[1]} channels but the model's first convolution "
+                f"{opt('tensors', path)} has {t.shape[1]} channels but the model's first convolution "
                 f"takes {channels}"
             )
     for t in chunks:
@@ -276,7 +276,7 @@ def _tensor_batches(path: Path, channels: int, batch_size: int) -> Iterator[torc
 def list_images(path: Path) -> list[Path]:
     """The image files at `path` (a file, or a folder searched recursively), sorted."""
     if not path.exists():
-        raise InputError(f"--images {path} does not exist")
+        raise InputError(f"{opt('images', path)} does not exist")
     if path.is_file():
         return [path]
     files = sorted(p for p in path.rglob("*") if p.is_file()
@@ -296,7 +296,7 @@ def decode_image(path: Path, channels: int, imgsz: int, normalize: str,
     mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels)
     if mode is None:
         raise InputError(
-            f"the model takes {channels} input channels; images can feed 1, 3 or 4: use --tensors"
+            f"the model takes {channels} input channels; images can feed 1, 3 or 4: use {opt('tensors')}"
         )
     with Image.open(path) as opened:
         im = opened.convert(mode)
@@ -335,7 +335,7 @@ def _image_batches(files: list[Path], stream: InputStream, channels: int, imgsz:
                    workers: int | None) -> Iterator[torch.Tensor]:
     if channels not in (1, 3, 4):
         raise InputError(
-            f"the model takes {channels} input channels; images can feed 1, 3 or 4: use --tensors"
+            f"the model takes {channels} input channels; images can feed 1, 3 or 4: use {opt('tensors')}"
         )
     n_workers = workers or min(4, os.cpu_count() or 1)
     ahead = max(2 * batch_size, 8)

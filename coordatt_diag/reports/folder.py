@@ -19,8 +19,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordatt_diag.errors import UsageError
-from coordatt_diag.results import Report
+from coordatt_diag.errors import UsageError, opt
+from coordatt_diag.results import PathArg, Report
 from coordatt_diag.runs.overlays import Overlays
 
 #: What a report folder holds; a folder with nothing else is a previous report.
@@ -53,7 +53,7 @@ def is_previous_report(path: Path) -> bool:
     return "index.html" in entries and entries <= REPORT_ENTRIES
 
 
-def check_out_dir(out: Path, force: bool = False) -> None:
+def check_out_dir(out: PathArg, force: bool = False) -> None:
     """Refuse an `--out` folder that cannot be written or would destroy something.
 
     Raises:
@@ -62,15 +62,15 @@ def check_out_dir(out: Path, force: bool = False) -> None:
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; name a folder")
+        raise UsageError(f"{opt('out', out)} is a file; name a folder")
     resolved = out.resolve()
     cwd = Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents or resolved == Path.home().resolve():
-        raise UsageError(f"--out {out} is the current folder, one of its parents or your home "
+        raise UsageError(f"{opt('out', out)} is the current folder, one of its parents or your home "
                          "folder; name a new folder such as diag/")
     if out.is_dir() and any(out.iterdir()) and not is_previous_report(out) and not force:
-        raise UsageError(f"--out {out} is not empty and does not hold a previous report; name "
-                         "another folder or pass --force to replace it")
+        raise UsageError(f"{opt('out', out)} is not empty and does not hold a previous report; name "
+                         f"another folder or pass {opt('force', True)} to replace it")
 
 
 def overlay_note(overlays: Overlays | None, reason: str | None = None) -> str:
@@ -88,7 +88,7 @@ def overlay_note(overlays: Overlays | None, reason: str | None = None) -> str:
 
 def write_report_folder(
     report: Report,
-    out: Path,
+    out: PathArg,
     overlays: Overlays | None = None,
     *,
     fmt: str = "png",
@@ -117,7 +117,7 @@ def write_report_folder(
     from coordatt_diag.reports.plots import FORMATS, render_plots
 
     if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        raise UsageError(f"{opt('fmt')} must be one of {', '.join(FORMATS)}, not {fmt!r}")
     out = Path(out)
     check_out_dir(out, force)
     parent = out.parent if str(out.parent) else Path(".")

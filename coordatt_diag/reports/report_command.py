@@ -16,18 +16,18 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from coordatt_diag.errors import InputError, UsageError
+from coordatt_diag.errors import InputError, UsageError, opt
 
 if TYPE_CHECKING:
     from coordatt_diag.reports.folder import ReportFolder
-    from coordatt_diag.results import Report
+    from coordatt_diag.results import PathArg, Report
     from coordatt_diag.runs.inspect import InspectOptions, Progress
 
 FROM_JSON_NOTE = ("Overlays are not available with --from-json: a report JSON holds statistics, "
                   "not masks or images. Run `coordatt-diag report` on the checkpoint for them.")
 
 
-def read_saved_report(path: Path) -> Report:
+def read_saved_report(path: PathArg) -> Report:
     """The report in a JSON file written by `inspect --json` (or a report folder's report.json).
 
     Raises:
@@ -35,15 +35,16 @@ def read_saved_report(path: Path) -> Report:
     """
     from coordatt_diag.results import Report
 
+    path = Path(path)
     if not path.is_file():
-        raise InputError(f"--from-json {path} does not exist")
+        raise InputError(f"{opt('from_json', path)} does not exist")
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
         return Report.from_dict(data)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise InputError(f"--from-json {path} is not a coordatt-diag report JSON ({first}); "
+        raise InputError(f"{opt('from_json', path)} is not a coordatt-diag report JSON ({first}); "
                          "write one with `coordatt-diag inspect ... --json FILE`") from exc
 
 
@@ -58,21 +59,21 @@ def select_blocks(report: Report, pattern: str) -> Report:
     try:
         regex = re.compile(pattern)
     except re.error as exc:
-        raise UsageError(f"--blocks {pattern!r} is not a valid regular expression: {exc}") from exc
+        raise UsageError(f"{opt('blocks', pattern)} is not a valid regular expression: {exc}") from exc
     blocks = [b for b in report.blocks if regex.search(b.name)]
     if not blocks:
-        raise UsageError(f"--blocks {pattern!r} matches none of the {len(report.blocks)} blocks "
+        raise UsageError(f"{opt('blocks', pattern)} matches none of the {len(report.blocks)} blocks "
                          "in the report")
     return dataclasses.replace(report, blocks=blocks,
                                summary=summarize(blocks, list(report.findings)))
 
 
 def make_report(
-    out: Path,
-    checkpoint: Path | None = None,
+    out: PathArg,
+    checkpoint: PathArg | None = None,
     options: InspectOptions | None = None,
     *,
-    from_json: Path | None = None,
+    from_json: PathArg | None = None,
     overlays: int = 4,
     fmt: str = "png",
     force: bool = False,
@@ -106,18 +107,22 @@ def make_report(
     from coordatt_diag.runs.inspect import InspectOptions
     from coordatt_diag.runs.overlays import inspect_with_overlays
 
+    out = Path(out)
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    from_json = Path(from_json) if from_json is not None else None
     if (checkpoint is None) == (from_json is None):
-        raise UsageError("name a checkpoint or --from-json FILE (one of them)")
+        raise UsageError(f"name a checkpoint or {opt('from_json', 'FILE')} (one of them)")
     if overlays < 0:
-        raise UsageError("--overlays must be 0 or more")
+        raise UsageError(f"{opt('overlays')} must be 0 or more")
     if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        raise UsageError(f"{opt('fmt')} must be one of {', '.join(FORMATS)}, not {fmt!r}")
     opts = options or InspectOptions()
     check_out_dir(out, force)  # before a long run, not after it
     if from_json is not None:
         if dataclasses.replace(opts, blocks=None) != InspectOptions():
-            raise UsageError("--from-json renders a saved report: the model and input options "
-                             "(--trust, --model, --images, ...) do not apply; --blocks does")
+            raise UsageError(f"{opt('from_json')} renders a saved report: the model and input "
+                             f"options ({opt('trust')}, {opt('model')}, {opt('images')}, ...) do "
+                             f"not apply; {opt('blocks')} does")
         report = read_saved_report(from_json)
         if opts.blocks is not None:
             report = select_blocks(report, opts.blocks)

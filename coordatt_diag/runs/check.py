@@ -30,16 +30,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coordatt_diag.errors import InputError, UsageError
+from coordatt_diag.errors import InputError, UsageError, opt
 from coordatt_diag.health.rules import summarize, worst
 from coordatt_diag.health.thresholds import ThresholdConfig
-from coordatt_diag.results import SEVERITIES, BlockReport, Finding, Report, display_name
+from coordatt_diag.results import SEVERITIES, BlockReport, Finding, PathArg, Report, display_name
 
 if TYPE_CHECKING:
     from coordatt_diag.runs.inspect import InspectOptions, Progress
@@ -67,7 +67,7 @@ def at_or_above(severity: str, fail_on: str) -> bool:
 def check_fail_on(fail_on: str) -> str:
     """Validate a `--fail-on` level (raises UsageError)."""
     if fail_on not in SEVERITIES:
-        raise UsageError(f"--fail-on must be one of {', '.join(SEVERITIES)}, not {fail_on!r}")
+        raise UsageError(f"{opt('fail_on')} must be one of {', '.join(SEVERITIES)}, not {fail_on!r}")
     return fail_on
 
 
@@ -88,7 +88,7 @@ class BaselineOptions:
         for name in ("max_drop", "max_ratio_drop"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+                raise UsageError(f"{opt(name)} must be in [0, 1], got {value}")
 
 
 @dataclass(frozen=True)
@@ -179,13 +179,14 @@ class CheckResult:
 # Baseline comparison
 
 
-def read_report_file(path: Path, what: str = "report") -> Report:
+def read_report_file(path: PathArg, what: str = "report") -> Report:
     """Read a report JSON written by `inspect --json` or `check --write-baseline` (or the report of
     a one-checkpoint `check --json`).
 
     Raises:
         InputError: the file is missing, not JSON, or not a coordatt-diag report.
     """
+    path = Path(path)
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
@@ -409,11 +410,11 @@ def judge_report(
 
 
 def check_checkpoints(
-    paths: list[Path],
+    paths: Sequence[PathArg],
     options: InspectOptions | None = None,
     *,
     fail_on: str = FAIL_ON,
-    baseline: Path | None = None,
+    baseline: PathArg | None = None,
     baseline_options: BaselineOptions | None = None,
     progress: Progress | None = None,
     on_checkpoint: Callable[[int, Path], None] | None = None,

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from coordatt_diag.errors import InputError
+from coordatt_diag.errors import InputError, opt
 
 
 @contextlib.contextmanager
@@ -35,7 +35,7 @@ def _forward_errors(batch: torch.Tensor) -> Iterator[None]:
         first = (str(exc).strip().splitlines() or ["RuntimeError"])[0][:240]
         raise InputError(
             f"the model's forward pass failed on a batch of shape {tuple(batch.shape)}: {first}; "
-            "check --imgsz, the channel count and the input tensors"
+            f"check {opt('imgsz')}, the channel count and the input tensors"
         ) from exc
 
 

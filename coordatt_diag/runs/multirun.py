@@ -17,12 +17,12 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from coordatt_diag.errors import CheckpointError, UsageError
+from coordatt_diag.errors import CheckpointError, UsageError, opt
 
 if TYPE_CHECKING:
     import torch
 
-    from coordatt_diag.results import Report
+    from coordatt_diag.results import PathArg, Report
     from coordatt_diag.runs.inspect import InspectOptions, Progress
 
 #: Batches kept in memory before the rest go to a temporary folder (512 MiB).
@@ -98,7 +98,7 @@ def natural_key(text: str) -> list[tuple[int, int | str]]:
             for part in re.split(r"(\d+)", text) if part]
 
 
-def expand_paths(paths: Iterable[Path]) -> list[Path]:
+def expand_paths(paths: Iterable[PathArg]) -> list[Path]:
     """The checkpoint files named by `paths`, with glob patterns the shell left unexpanded
     (quoted in CI, or on Windows) expanded here in natural order; duplicates removed.
 
@@ -107,7 +107,8 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
     """
     out: list[Path] = []
     seen: set[Path] = set()
-    for p in paths:
+    for arg in paths:
+        p = Path(arg)
         text = str(p)
         if not p.exists() and _GLOB_CHARS.search(text):
             matches = sorted(glob.glob(text, recursive=True), key=natural_key)
@@ -130,7 +131,7 @@ def _check_pattern(pattern: str | None) -> None:
     try:
         re.compile(pattern)
     except re.error as exc:
-        raise UsageError(f"--blocks {pattern!r} is not a valid regular expression: {exc}") from exc
+        raise UsageError(f"{opt('blocks', pattern)} is not a valid regular expression: {exc}") from exc
 
 
 def inspect_checkpoints(

@@ -11,12 +11,12 @@ where the masks start to flatten is where to look in the training run.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coordatt_diag.results import Finding, InputsInfo, Report
+from coordatt_diag.results import Finding, InputsInfo, PathArg, Report
 from coordatt_diag.runs.multirun import natural_key
 
 if TYPE_CHECKING:
@@ -173,7 +173,7 @@ def build_trend(reports: list[Report], order: bool = True) -> Trend:
 
 
 def trend_checkpoints(
-    paths: list[Path],
+    paths: Sequence[PathArg],
     options: InspectOptions | None = None,
     progress: Progress | None = None,
     on_checkpoint: Callable[[int, Path], None] | None = None,
