@@ -41,6 +41,11 @@ ModelArgsOpt = Annotated[str | None, typer.Option(
     "--model-args", help='JSON keyword arguments for --model, e.g. \'{"num_classes": 10}\'.')]
 ImportOpt = Annotated[list[str] | None, typer.Option(
     "--import", help="Import this module first (the user's block classes). Repeatable.")]
+MainModuleOpt = Annotated[Path | None, typer.Option(
+    "--main-module", metavar="SCRIPT.py",
+    help="With --trust: the training script that saved the model (torch.save(model) in "
+         "train.py); its classes are taken from it without running its "
+         "`if __name__ == \"__main__\":` block.")]
 PathOpt = Annotated[list[Path] | None, typer.Option(
     "--path", help="Add this folder to the import path. Repeatable.")]
 ImagesOpt = Annotated[Path | None, typer.Option(
@@ -197,6 +202,7 @@ def inspect(
     model: ModelOpt = None,
     model_args: ModelArgsOpt = None,
     imports: ImportOpt = None,
+    main_module: MainModuleOpt = None,
     path: PathOpt = None,
     images: ImagesOpt = None,
     tensors: TensorsOpt = None,
@@ -228,6 +234,7 @@ def inspect(
 
         opts = _inspect_options(
             trust=trust, model=model, model_args=model_args, imports=imports, paths=path,
+            main_module=main_module,
             images=images, tensors=tensors, synthetic=synthetic, imgsz=imgsz,
             normalize=normalize, batch_size=batch_size, batches=batches, seed=seed,
             blocks=blocks, config=config, device=device, half=half, half_dtype=half_dtype,
@@ -274,6 +281,7 @@ def check(
     model: ModelOpt = None,
     model_args: ModelArgsOpt = None,
     imports: ImportOpt = None,
+    main_module: MainModuleOpt = None,
     path: PathOpt = None,
     images: ImagesOpt = None,
     tensors: TensorsOpt = None,
@@ -313,6 +321,7 @@ def check(
             raise UsageError("--write-baseline needs exactly one checkpoint")
         opts = _inspect_options(
             trust=trust, model=model, model_args=model_args, imports=imports, paths=path,
+            main_module=main_module,
             images=images, tensors=tensors, synthetic=synthetic, imgsz=imgsz,
             normalize=normalize, batch_size=batch_size, batches=batches, seed=seed,
             blocks=blocks, config=config, device=device, half=half, half_dtype=half_dtype,
@@ -335,6 +344,7 @@ def trend(
     model: ModelOpt = None,
     model_args: ModelArgsOpt = None,
     imports: ImportOpt = None,
+    main_module: MainModuleOpt = None,
     path: PathOpt = None,
     images: ImagesOpt = None,
     tensors: TensorsOpt = None,
@@ -364,6 +374,7 @@ def trend(
 
         opts = _inspect_options(
             trust=trust, model=model, model_args=model_args, imports=imports, paths=path,
+            main_module=main_module,
             images=images, tensors=tensors, synthetic=synthetic, imgsz=imgsz,
             normalize=normalize, batch_size=batch_size, batches=batches, seed=seed,
             blocks=blocks, config=config, device=device, half=half, half_dtype=half_dtype,
@@ -384,6 +395,7 @@ def compare(
     model: ModelOpt = None,
     model_args: ModelArgsOpt = None,
     imports: ImportOpt = None,
+    main_module: MainModuleOpt = None,
     path: PathOpt = None,
     images: ImagesOpt = None,
     tensors: TensorsOpt = None,
@@ -412,6 +424,7 @@ def compare(
 
         opts = _inspect_options(
             trust=trust, model=model, model_args=model_args, imports=imports, paths=path,
+            main_module=main_module,
             images=images, tensors=tensors, synthetic=synthetic, imgsz=imgsz,
             normalize=normalize, batch_size=batch_size, batches=batches, seed=seed,
             blocks=blocks, config=config, device=device, half=half, half_dtype=half_dtype,
@@ -454,6 +467,7 @@ def report(
     model: ModelOpt = None,
     model_args: ModelArgsOpt = None,
     imports: ImportOpt = None,
+    main_module: MainModuleOpt = None,
     path: PathOpt = None,
     images: ImagesOpt = None,
     tensors: TensorsOpt = None,
@@ -484,6 +498,7 @@ def report(
 
         opts = _inspect_options(
             trust=trust, model=model, model_args=model_args, imports=imports, paths=path,
+            main_module=main_module,
             images=images, tensors=tensors, synthetic=synthetic, imgsz=imgsz,
             normalize=normalize, batch_size=batch_size, batches=batches, seed=seed,
             blocks=blocks, config=config, device=device, half=half, half_dtype=half_dtype,

@@ -48,6 +48,7 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -137,6 +138,146 @@ def add_import_paths(paths: Sequence[PathArg] | None, modules: Sequence[str] | N
             ) from exc
 
 
+#: The name a training script is imported under: anything but "__main__", so that its
+#: `if __name__ == "__main__":` block (the training run) does not execute.
+MAIN_MODULE_NAME = "coordatt_diag_user_main"
+
+
+def unguarded_code(source: str) -> list[tuple[int, str]]:
+    """Top-level statements of a script that would do work when it is imported.
+
+    Imports, definitions, assignments, docstrings and the `if __name__ == "__main__":` block are
+    what a module of classes holds; a call, loop or `with` at the top level (or inside a
+    top-level `if`/`try`, other than that block) runs on import, typically the training itself.
+
+    Returns:
+        (line number, first line of the statement) for each such statement.
+    """
+    import ast
+
+    tree = ast.parse(source)
+    lines = source.splitlines()
+    found: list[tuple[int, str]] = []
+
+    def is_main_guard(node: ast.If) -> bool:
+        test = node.test
+        return (isinstance(test, ast.Compare) and len(test.ops) == 1
+                and isinstance(test.ops[0], ast.Eq)
+                and {ast.unparse(test.left), ast.unparse(test.comparators[0])}
+                <= {"__name__", "'__main__'", '"__main__"'})
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef,
+                                 ast.ClassDef, ast.Assign, ast.AnnAssign, ast.AugAssign,
+                                 ast.Pass, ast.Global, ast.Delete)):
+                continue
+            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+                continue  # a docstring
+            if isinstance(node, ast.If):
+                if not is_main_guard(node):
+                    visit(node.body)
+                    visit(node.orelse)
+                continue
+            if isinstance(node, ast.Try):
+                visit(node.body)
+                for handler in node.handlers:
+                    visit(handler.body)
+                visit(node.orelse)
+                visit(node.finalbody)
+                continue
+            found.append((node.lineno, lines[node.lineno - 1].strip()))
+
+    visit(tree.body)
+    return found
+
+
+def load_main_module(script: PathArg) -> ModuleType:
+    """Import a training script as the source of the classes a checkpoint pickled under
+    `__main__` (`torch.save(model)` in `train.py` records `__main__.Net`).
+
+    The script is imported under another name than "__main__", so its
+    `if __name__ == "__main__":` block does not run; its folder goes on the import path for its
+    own imports. A script with work outside that block (a call, loop or `with` at the top level)
+    is refused before anything of it runs: importing it would start the training.
+
+    Args:
+        script: the `.py` file that saved the checkpoint.
+
+    Returns:
+        The imported module (also in `sys.modules` under `MAIN_MODULE_NAME`).
+
+    Raises:
+        UsageError: the script is missing, is not Python, or has unguarded top-level code.
+        CheckpointError: importing it failed.
+    """
+    import importlib.util
+
+    path = Path(script)
+    if not path.is_file():
+        raise UsageError(f"{opt('main_module', path)} is not a file; name the training script "
+                         "that saved the checkpoint")
+    try:
+        source = path.read_text(encoding="utf-8")
+        work = unguarded_code(source)
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError) as exc:
+        raise UsageError(f"{opt('main_module', path)} is not a readable Python script: "
+                         f"{exc}") from exc
+    if work:
+        line, text = work[0]
+        more = f" (and {len(work) - 1} more statements)" if len(work) > 1 else ""
+        raise UsageError(
+            f"{opt('main_module', path)} runs code when imported, at line {line}: {text[:80]!r}"
+            f"{more}; it was not imported. Put the script's work under "
+            "`if __name__ == \"__main__\":`, or move the model's classes into a module of their "
+            f"own and name it with {opt('imports', 'MODULE')}"
+        )
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(MAIN_MODULE_NAME, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[MAIN_MODULE_NAME] = module  # dataclasses and pickling look it up there
+    try:
+        with _stdout_to_stderr():
+            spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's script
+        sys.modules.pop(MAIN_MODULE_NAME, None)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"importing {opt('main_module', path)} failed "
+                              f"({type(exc).__name__}: {first})") from exc
+    return module
+
+
+def _main_module_cached(script: Path) -> ModuleType:
+    """`load_main_module`, once per script in a process (several checkpoints share it)."""
+    module = sys.modules.get(MAIN_MODULE_NAME)
+    if module is not None and Path(module.__file__ or "").resolve() == script.resolve():
+        return module
+    return load_main_module(script)
+
+
+def _main_mapping_pickle(main: ModuleType) -> ModuleType:
+    """A pickle module for `torch.load` whose unpickler takes `__main__` classes from `main`."""
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if module == "__main__":
+                try:
+                    return getattr(main, name)
+                except AttributeError:
+                    raise AttributeError(
+                        f"Can't get attribute '{name}' on <module '{main.__file__}'>") from None
+            return super().find_class(module, name)
+
+    mapped = ModuleType("pickle")  # torch.load checks the name (only "dill" is special)
+    mapped.Unpickler = Unpickler  # type: ignore[attr-defined]
+    mapped.load = lambda f, **kw: Unpickler(f, **kw).load()  # type: ignore[attr-defined]
+    mapped.Pickler, mapped.dump = pickle.Pickler, pickle.dump  # type: ignore[attr-defined]
+    return mapped
+
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -189,6 +330,9 @@ def _refusal(path: Path, exc: Exception) -> CheckpointError:
         what = f"it pickles classes ({shown})"
         if any(c.startswith("ultralytics.") for c in classes):
             what += " - an Ultralytics checkpoint, which also needs the ultralytics package"
+        if any(c.startswith("__main__.") for c in classes):
+            what += (" - classes of the script that saved it (__main__): add "
+                     f"{opt('main_module', 'train.py')} to take them from that script")
     else:
         detail = str(exc).strip().splitlines()
         what = f"safe loading refused it ({detail[-1] if detail else type(exc).__name__})"
@@ -241,6 +385,26 @@ def _import_pickled_packages(path: Path) -> None:
             ) from exc
 
 
+def _main_classes_error(path: Path, name: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} pickles class {name!r} from the __main__ module of the script that saved it "
+        f"(torch.save(model) in a training script): name that script with "
+        f"{opt('main_module', 'train.py')}, which imports it without running its "
+        "`if __name__ == \"__main__\":` block, or move the classes into a module and import it "
+        f"with {opt('imports', 'MODULE')}"
+    )
+
+
+def _check_main_classes(path: Path) -> None:
+    """Refuse a file whose `__main__` classes this process's `__main__` does not define (they
+    are the training script's); a notebook or script that defines them loads as usual."""
+    main = sys.modules.get("__main__")
+    for qualified in _unsafe_globals(path):
+        module, _, name = qualified.rpartition(".")
+        if module == "__main__" and not hasattr(main, name):
+            raise _main_classes_error(path, name)
+
+
 def _missing_class_error(path: Path, exc: Exception) -> CheckpointError:
     text = str(exc)
     mod = re.search(r"No module named '([^']+)'", text)
@@ -256,8 +420,14 @@ def _missing_class_error(path: Path, exc: Exception) -> CheckpointError:
     return CheckpointError(f"{path} could not be unpickled ({text}): check {opt('imports')} / {opt('paths')}")
 
 
-def read_checkpoint(path: PathArg, trust: bool = False) -> Any:
+def read_checkpoint(path: PathArg, trust: bool = False, main_module: ModuleType | None = None) -> Any:
     """`torch.load` the file on the CPU, safely unless `trust`.
+
+    Args:
+        path: the checkpoint file.
+        trust: load with full pickle (runs code from the file).
+        main_module: where the classes the file pickled under `__main__` are taken from (a
+            training script imported by `load_main_module`); only with `trust`.
 
     Raises:
         CheckpointError: missing, unreadable, corrupt or truncated file; a TorchScript or
@@ -276,11 +446,16 @@ def read_checkpoint(path: PathArg, trust: bool = False) -> Any:
     if trust:
         offline_third_party_env()
         _import_pickled_packages(path)
+        if main_module is None:
+            _check_main_classes(path)
     try:
         with warnings.catch_warnings():
             # torch warns about pickle protocols and FutureWarnings on every legacy file
             warnings.simplefilter("ignore")
             with _stdout_to_stderr():
+                if trust and main_module is not None:
+                    return torch.load(str(path), map_location="cpu", weights_only=False,
+                                      pickle_module=_main_mapping_pickle(main_module))
                 return torch.load(str(path), map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
         if not trust and "Weights only load failed" in str(exc) and not _looks_corrupt(exc):
@@ -459,6 +634,7 @@ def load_model(
     trust: bool = False,
     factory: str | None = None,
     factory_args: str | None = None,
+    main_module: PathArg | None = None,
 ) -> LoadedModel:
     """Load the model in `path`, in float32, in eval mode.
 
@@ -467,6 +643,8 @@ def load_model(
         trust: load with full pickle (runs code from the file).
         factory: `pkg.mod:factory` that builds the model for a state dict.
         factory_args: JSON object of keyword arguments for the factory.
+        main_module: the training script whose classes the file pickled under `__main__`
+            (imported without running its `if __name__ == "__main__":` block; needs `trust`).
 
     Returns:
         The model and the checkpoint's facts (format, sha256, epoch).
@@ -475,7 +653,13 @@ def load_model(
         CheckpointError, UsageError: see `read_checkpoint`, `build_from_factory`, `load_state`.
     """
     path = Path(path)
-    obj = read_checkpoint(path, trust=trust)
+    main = None
+    if main_module is not None:
+        if not trust:
+            raise UsageError(f"{opt('main_module')} takes the classes of a pickled model from "
+                             f"a script, which needs {opt('trust', True)} (full pickle)")
+        main = _main_module_cached(Path(main_module))
+    obj = read_checkpoint(path, trust=trust, main_module=main)
     fmt, found = _pick(obj)
     if fmt == "state_dict":
         if factory is None:

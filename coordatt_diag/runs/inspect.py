@@ -380,10 +380,12 @@ class InspectOptions:
     half_dtype: str = "float16"
     effect: bool = False  # also measure the mask effect (coordatt_diag.runs.effect)
     labels: Path | None = None  # class indices of the inputs, for the effect's accuracy drop
+    #: the training script whose classes a pickled model names as `__main__.X` (with `trust`)
+    main_module: Path | None = None
 
     def __post_init__(self) -> None:
         # a Python caller writes InspectOptions(tensors="calib.pt", imports="mypkg.blocks")
-        for name in ("images", "tensors", "config", "labels"):
+        for name in ("images", "tensors", "config", "labels", "main_module"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
@@ -434,7 +436,8 @@ def inspect_checkpoint(
     labels = _effect_labels(opts)
     _compile_pattern(opts.blocks)
     add_import_paths(list(opts.paths), list(opts.imports))
-    loaded = load_model(path, trust=opts.trust, factory=opts.model, factory_args=opts.model_args)
+    loaded = load_model(path, trust=opts.trust, factory=opts.model, factory_args=opts.model_args,
+                        main_module=opts.main_module)
     placement = place_model(loaded.model, opts.device, opts.half, opts.half_dtype)
     open_stream = functools.partial(
         open_inputs,

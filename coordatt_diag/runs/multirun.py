@@ -180,7 +180,7 @@ def inspect_checkpoints(
             if on_checkpoint is not None:
                 on_checkpoint(i, path)
             loaded = load_model(path, trust=opts.trust, factory=opts.model,
-                                factory_args=opts.model_args)
+                                factory_args=opts.model_args, main_module=opts.main_module)
             placement = place_model(loaded.model, opts.device, opts.half, opts.half_dtype)
             if info is None:
                 stream = open_inputs(

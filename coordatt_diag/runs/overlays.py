@@ -268,7 +268,8 @@ def inspect_with_overlays(
             raise UsageError(
                 f"{opt('blocks', opts.blocks)} is not a valid regular expression: {exc}") from exc
     add_import_paths(list(opts.paths), list(opts.imports))
-    loaded = load_model(path, trust=opts.trust, factory=opts.model, factory_args=opts.model_args)
+    loaded = load_model(path, trust=opts.trust, factory=opts.model, factory_args=opts.model_args,
+                        main_module=opts.main_module)
     placement = place_model(loaded.model, opts.device, opts.half, opts.half_dtype)
     open_stream = functools.partial(
         open_inputs,
