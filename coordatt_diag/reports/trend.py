@@ -67,8 +67,9 @@ def render_trend(trend: Trend, console: Console) -> None:
     inp = trend.inputs
     console.print(Text(f"{len(trend.points)} checkpoints, {len(trend.blocks)} attention blocks, "
                        f"{inp.samples} samples from {inp.source} (the same for every checkpoint)"))
+    width = max(len(p.label) for p in trend.points)
     for p in trend.points:
-        line = Text(f"  {p.label:<12} {p.path} ")
+        line = Text(f"  {p.label:<{width}}  {p.path} ")
         line.append(p.status.upper(), style=_STYLE.get(p.status, ""))
         console.print(line)
     for i in range(len(trend.blocks)):
@@ -112,7 +113,8 @@ def write_plots(trend: Trend, out_dir: Path) -> list[Path]:
     """Write `mask_std.png`, `pos_std.png` and `std_ratio.png` into `out_dir` (created).
 
     Each plot has one line per block (and mask), over the epochs when every checkpoint records
-    one, else over the checkpoints in order; dashed lines mark the health thresholds.
+    its own epoch, else over the checkpoints in order (labelled); dashed lines mark the health
+    thresholds.
 
     Returns:
         The files written.
@@ -126,7 +128,8 @@ def write_plots(trend: Trend, out_dir: Path) -> list[Path]:
         xlabel = "epoch"
     else:
         xs = [float(i) for i in range(len(trend.points))]
-        xlabel = "checkpoint"
+        xlabel = "checkpoint, in epoch order" if any(p.epoch is not None
+                                                     for p in trend.points) else "checkpoint"
     written = []
     for name, (title, ylabel) in PLOTS.items():
         stat = name.removesuffix(".png")

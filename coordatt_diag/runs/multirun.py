@@ -10,6 +10,7 @@ checkpoint streams its inputs as `inspect` does.
 
 from __future__ import annotations
 
+import copy
 import glob
 import re
 import tempfile
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from coordatt_diag.errors import CheckpointError, UsageError, opt
+from coordatt_diag.errors import CheckpointError, DiagError, UsageError, opt
 
 if TYPE_CHECKING:
     import torch
@@ -125,6 +126,15 @@ def expand_paths(paths: Iterable[PathArg]) -> list[Path]:
     return out
 
 
+def _naming(exc: DiagError, path: Path) -> DiagError:
+    """`exc` with the checkpoint it happened on named first (unless the message names it)."""
+    if str(path) in exc.raw:
+        return exc
+    named = copy.copy(exc)  # same class and exit code
+    named.args = (f"{path}: {exc.raw}", *exc.args[1:])
+    return named
+
+
 def _check_pattern(pattern: str | None) -> None:
     if pattern is None:
         return
@@ -177,28 +187,31 @@ def inspect_checkpoints(
     with BatchCache() as cache:
         info = None
         for i, path in enumerate(paths):
-            if on_checkpoint is not None:
-                on_checkpoint(i, path)
-            loaded = load_model(path, trust=opts.trust, factory=opts.model,
-                                factory_args=opts.model_args, main_module=opts.main_module)
-            placement = place_model(loaded.model, opts.device, opts.half, opts.half_dtype)
-            if info is None:
-                stream = open_inputs(
-                    images=opts.images, tensors=opts.tensors,
-                    channels=input_channels(loaded.model), imgsz=opts.imgsz,
-                    normalize=opts.normalize, batch_size=opts.batch_size,
-                    batches=opts.batches, seed=opts.seed, model=loaded.model,
-                )
-                if len(paths) == 1:
-                    batches: Iterable[torch.Tensor] = stream.batches()
+            try:
+                if on_checkpoint is not None:
+                    on_checkpoint(i, path)
+                loaded = load_model(path, trust=opts.trust, factory=opts.model,
+                                    factory_args=opts.model_args, main_module=opts.main_module)
+                placement = place_model(loaded.model, opts.device, opts.half, opts.half_dtype)
+                if info is None:
+                    stream = open_inputs(
+                        images=opts.images, tensors=opts.tensors,
+                        channels=input_channels(loaded.model), imgsz=opts.imgsz,
+                        normalize=opts.normalize, batch_size=opts.batch_size,
+                        batches=opts.batches, seed=opts.seed, model=loaded.model,
+                    )
+                    if len(paths) == 1:
+                        batches: Iterable[torch.Tensor] = stream.batches()
+                    else:
+                        batches = cache.fill(stream.batches())
+                    state = run_batches(loaded.model, batches, blocks_pattern=opts.blocks,
+                                        device=placement.device, progress=count)
+                    info = stream.info()
                 else:
-                    batches = cache.fill(stream.batches())
-                state = run_batches(loaded.model, batches, blocks_pattern=opts.blocks,
-                                    device=placement.device, progress=count)
-                info = stream.info()
-            else:
-                state = run_batches(loaded.model, cache, blocks_pattern=opts.blocks,
-                                    device=placement.device, progress=count)
-            reports.append(finalize(loaded.model, state, thresholds, loaded.info, info))
-            del loaded, state
+                    state = run_batches(loaded.model, cache, blocks_pattern=opts.blocks,
+                                        device=placement.device, progress=count)
+                reports.append(finalize(loaded.model, state, thresholds, loaded.info, info))
+                del loaded, state
+            except DiagError as exc:
+                raise _naming(exc, path) from exc
     return reports

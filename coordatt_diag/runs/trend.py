@@ -32,7 +32,8 @@ class TrendPoint:
     Attributes:
         path: the checkpoint file.
         epoch: the epoch the file records (None when it records none, or -1).
-        label: "epoch N", or the file name when there is no epoch.
+        label: "epoch N", or the file name when there is no epoch; "epoch N (file name)" when
+            several checkpoints record epoch N (the file's path when their names are alike).
         sha256: hex digest of the file.
         status: the model's status at this checkpoint.
         findings: every finding at this checkpoint (the blocks', then the model-level ones).
@@ -98,8 +99,11 @@ class Trend:
 
     @property
     def by_epoch(self) -> bool:
-        """Every checkpoint records its epoch (the x axis is the epoch)."""
-        return bool(self.points) and all(p.epoch is not None for p in self.points)
+        """Every checkpoint records its own epoch, no two the same (the x axis is the epoch);
+        otherwise the plots are over the checkpoints in order (`last.pt` and `best.pt` of one
+        run often record the same epoch)."""
+        epochs = [p.epoch for p in self.points]
+        return bool(epochs) and None not in epochs and len(set(epochs)) == len(epochs)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document (schema `coordatt-diag/trend@1`)."""
@@ -122,6 +126,24 @@ def order_reports(reports: list[Report]) -> list[Report]:
     return sorted(reports, key=key)
 
 
+def _labels(reports: list[Report]) -> list[str]:
+    """"epoch N", or the file name without an epoch; a repeated epoch gets the file name too
+    (the path when the names repeat), so that every checkpoint reads apart."""
+    paths = [r.checkpoint.path or "model" for r in reports]
+    epochs = [_epoch(r) for r in reports]
+    names = [Path(p).name for p in paths]
+    out = []
+    for path, name, epoch in zip(paths, names, epochs, strict=True):
+        if epoch is None:
+            out.append(name if names.count(name) == 1 else path)
+        elif epochs.count(epoch) == 1:
+            out.append(f"epoch {epoch}")
+        else:
+            same = [n for n, e in zip(names, epochs, strict=True) if e == epoch]
+            out.append(f"epoch {epoch} ({name if same.count(name) == 1 else path})")
+    return out
+
+
 def build_trend(reports: list[Report], order: bool = True) -> Trend:
     """The trend of `reports` (ordered with `order_reports` unless `order` is False).
 
@@ -139,12 +161,12 @@ def build_trend(reports: list[Report], order: bool = True) -> Trend:
     points = []
     names: list[str] = []
     types: dict[str, str] = {}
-    for r in ordered:
+    labels = _labels(ordered)
+    for r, label in zip(ordered, labels, strict=True):
         epoch = _epoch(r)
         path = r.checkpoint.path or "model"
         points.append(TrendPoint(
-            path=path, epoch=epoch,
-            label=f"epoch {epoch}" if epoch is not None else Path(path).name,
+            path=path, epoch=epoch, label=label,
             sha256=r.checkpoint.sha256, status=r.summary.status,
             findings=[f for b in r.blocks for f in b.findings] + list(r.findings),
         ))
