@@ -451,6 +451,10 @@ FromJsonOpt = Annotated[Path | None, typer.Option(
 OverlaysOpt = Annotated[int, typer.Option(
     "--overlays", help="Sample images shown with each block's mask laid over them (0: none).")]
 FormatOpt = Annotated[str, typer.Option("--format", help="Figure format: png or svg.")]
+OverlayScaleOpt = Annotated[str, typer.Option(
+    "--overlay-scale", metavar="absolute|block",
+    help="Overlay colours: 'absolute' (mask value 0 to 1, the same for every block) or 'block' "
+         "(each block stretched over its own range).")]
 ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Replace --out even when it holds something other than a previous report.")]
 
@@ -462,6 +466,7 @@ def report(
     from_json: FromJsonOpt = None,
     overlays: OverlaysOpt = 4,
     fmt: FormatOpt = "png",
+    overlay_scale: OverlayScaleOpt = "absolute",
     force: ForceOpt = False,
     trust: TrustOpt = False,
     model: ModelOpt = None,
@@ -506,7 +511,7 @@ def report(
         )
         with _ProgressBar(batches, "report") as bar:
             folder = make_report(out, checkpoint, opts, from_json=from_json, overlays=overlays,
-                                 fmt=fmt, force=force, progress=bar,
+                                 fmt=fmt, force=force, overlay_scale=overlay_scale, progress=bar,
                                  effect_progress=bar.stage("mask effect"))
         if folder is None:
             return

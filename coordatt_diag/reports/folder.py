@@ -73,14 +73,29 @@ def check_out_dir(out: PathArg, force: bool = False) -> None:
                          f"another folder or pass {opt('force', True)} to replace it")
 
 
-def overlay_note(overlays: Overlays | None, reason: str | None = None) -> str:
+def check_overlay_scale(scale: str) -> None:
+    """Refuse an overlay scale other than "absolute" or "block"."""
+    from coordatt_diag.reports.plots import OVERLAY_SCALES
+
+    if scale not in OVERLAY_SCALES:
+        raise UsageError(f"{opt('overlay_scale')} must be one of {', '.join(OVERLAY_SCALES)}, "
+                         f"not {scale!r}")
+
+
+def overlay_note(overlays: Overlays | None, reason: str | None = None,
+                 scale: str = "absolute") -> str:
     """The line under the overlays heading: what they show, or why there are none."""
     if overlays is not None and overlays.blocks:
+        colours = ("The colours of a block span its own range (dark: low, yellow: high; at "
+                   "least 0.06 wide, so that a flat map stays flat): compare blocks by the "
+                   "range under each name, not by colour." if scale == "block" else
+                   "The colours are on the absolute scale, mask value 0 (dark) to 1 (yellow), "
+                   "the same for every block: a collapsed mask is one flat colour "
+                   "(--overlay-scale block stretches each block over its own range).")
         return (f"{len(overlays.images)} samples ({overlays.display}) with each block's map laid "
                 "over them: a_h ⊗ a_w averaged over channels for coordinate attention, the "
-                "channel mean of a_hw, the spatial map for CBAM. The colours of a block span "
-                "its own range (dark: low, yellow: high; at least 0.06 wide, so that a flat map "
-                "stays flat). Channel-only blocks (SE) have no map.")
+                f"channel mean of a_hw, the spatial map for CBAM. {colours} Channel-only blocks "
+                "(SE) have no map.")
     if overlays is not None:
         return "No overlays: no block has a positional mask (channel attention only)."
     return reason or "Overlays are off (--overlays 0)."
@@ -94,6 +109,7 @@ def write_report_folder(
     fmt: str = "png",
     force: bool = False,
     no_overlays_reason: str | None = None,
+    overlay_scale: str = "absolute",
 ) -> ReportFolder:
     """Render the report into `out` (index.html, report.md, report.json, plots/).
 
@@ -104,6 +120,8 @@ def write_report_folder(
         fmt: figure format, "png" or "svg".
         force: replace `out` even when it holds something other than a previous report.
         no_overlays_reason: the line the pages show when `overlays` is None.
+        overlay_scale: overlay colours over mask values 0..1 ("absolute") or over each
+            block's own range ("block").
 
     Returns:
         The written folder.
@@ -118,14 +136,15 @@ def write_report_folder(
 
     if fmt not in FORMATS:
         raise UsageError(f"{opt('fmt')} must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    check_overlay_scale(overlay_scale)
     out = Path(out)
     check_out_dir(out, force)
     parent = out.parent if str(out.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
     try:
-        plots = render_plots(report, overlays, fmt)
-        note = overlay_note(overlays, no_overlays_reason)
+        plots = render_plots(report, overlays, fmt, overlay_scale)
+        note = overlay_note(overlays, no_overlays_reason, overlay_scale)
         (tmp / "plots").mkdir()
         files = ["index.html", "report.md", "report.json"]
         for plot in plots.all():

@@ -77,6 +77,7 @@ def make_report(
     overlays: int = 4,
     fmt: str = "png",
     force: bool = False,
+    overlay_scale: str = "absolute",
     progress: Progress | None = None,
     effect_progress: Progress | None = None,
 ) -> ReportFolder | None:
@@ -101,7 +102,7 @@ def make_report(
         UsageError: bad options or `out` (checked before the model runs).
         DiagError: the errors of `inspect` (checkpoint, inputs, no blocks).
     """
-    from coordatt_diag.reports.folder import check_out_dir, write_report_folder
+    from coordatt_diag.reports.folder import check_out_dir, check_overlay_scale, write_report_folder
     from coordatt_diag.reports.plots import FORMATS
     from coordatt_diag.runs.distributed import is_writer
     from coordatt_diag.runs.inspect import InspectOptions
@@ -117,6 +118,7 @@ def make_report(
     if fmt not in FORMATS:
         raise UsageError(f"{opt('fmt')} must be one of {', '.join(FORMATS)}, not {fmt!r}")
     opts = options or InspectOptions()
+    check_overlay_scale(overlay_scale)
     check_out_dir(out, force)  # before a long run, not after it
     if from_json is not None:
         if dataclasses.replace(opts, blocks=None) != InspectOptions():
@@ -127,9 +129,11 @@ def make_report(
         if opts.blocks is not None:
             report = select_blocks(report, opts.blocks)
         return write_report_folder(report, out, None, fmt=fmt, force=force,
+                                   overlay_scale=overlay_scale,
                                    no_overlays_reason=FROM_JSON_NOTE)
     assert checkpoint is not None
     report, shown = inspect_with_overlays(checkpoint, opts, overlays, progress, effect_progress)
     if not is_writer():
         return None
-    return write_report_folder(report, out, shown, fmt=fmt, force=force)
+    return write_report_folder(report, out, shown, fmt=fmt, force=force,
+                               overlay_scale=overlay_scale)
