@@ -490,6 +490,12 @@ def _scale_range(maps: list[np.ndarray], scale: str) -> tuple[float, float]:
     return map_range(maps) if scale == "block" else (0.0, 1.0)
 
 
+def _values_range(maps: list[np.ndarray]) -> tuple[float, float]:
+    values = np.concatenate([m.ravel() for m in maps]) if maps else np.zeros(1)
+    values = values[np.isfinite(values)]
+    return (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+
+
 def _scale_words(scale: str) -> str:
     return ("colours stretched over this block's own range" if scale == "block"
             else "colours on the absolute 0-1 scale")
@@ -530,17 +536,21 @@ def overlay_grid(report: Report, overlays: Overlays, fmt: str = "png",
                 maps = overlays.blocks[block.name].maps
                 row.append(composite(image, maps[r], value_range) if r < len(maps) else None)
             cells.append(row)
+        # under each name: the colour span (block scale), or the values the maps hold (absolute)
+        spans = ranges if scale == "block" else [
+            _values_range(overlays.blocks[b.name].maps) for b in chunk]
         titles = [("input", "black")] + [
             (f"{_short(display_name(b.name), 20)}\n{lo:.3f} to {hi:.3f}",
              STATUS_COLORS.get(b.status, "black") if b.status != "ok" else "black")
-            for b, (lo, hi) in zip(chunk, ranges, strict=True)]
+            for b, (lo, hi) in zip(chunk, spans, strict=True)]
         rows = [f"sample {r + 1}" for r in range(len(overlays.images))]
         part = f" ({start // GRID_COLUMNS + 1}/{parts})" if parts > 1 else ""
         if scale == "block":
             what = "each column's colours span the range under its name"
             bar = ("high", "", "low")
         else:
-            what = "colours on the absolute 0-1 scale for every block"
+            what = ("colours on the absolute 0-1 scale for every block; under each name, the "
+                    "values its maps hold")
             bar = ("1", "0.5", "0")
         out.append(_mosaic_figure(
             cells, titles, rows,

@@ -199,7 +199,7 @@ def read_report_file(path: PathArg, what: str = "report") -> Report:
         if len(checkpoints) != 1:
             raise InputError(
                 f"{what} {path} is a check result for {len(checkpoints)} checkpoints; write a "
-                "baseline for one with check --write-baseline"
+                "baseline for one with `coordatt-diag check --write-baseline`"
             )
         data = checkpoints[0].get("report")
     try:
@@ -207,7 +207,7 @@ def read_report_file(path: PathArg, what: str = "report") -> Report:
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise InputError(
             f"{what} {path} is not a coordatt-diag report ({exc}); write one with "
-            "inspect --json or check --write-baseline"
+            "`coordatt-diag inspect --json` or `coordatt-diag check --write-baseline`"
         ) from exc
 
 
