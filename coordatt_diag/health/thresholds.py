@@ -18,6 +18,7 @@ win).
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -128,11 +129,12 @@ def _apply(base: Thresholds, table: dict[str, Any], where: str) -> Thresholds:
     return dataclasses.replace(base, **values)
 
 
-def load_thresholds(config: Path | None = None, cwd: Path | None = None) -> ThresholdConfig:
+def load_thresholds(config: str | os.PathLike[str] | None = None,
+                    cwd: Path | None = None) -> ThresholdConfig:
     """Read the thresholds from `config`, else from `[tool.coordatt-diag]` in ./pyproject.toml.
 
     Args:
-        config: a TOML file named with `--config`.
+        config: a TOML file named with `--config` (`str` or `Path`).
         cwd: where to look for pyproject.toml (default: the current directory).
 
     Returns:
@@ -151,6 +153,7 @@ def load_thresholds(config: Path | None = None, cwd: Path | None = None) -> Thre
             return ThresholdConfig()
         source = str(pyproject)
     else:
+        config = Path(config)
         data = _read_toml(config)
         table = data.get("tool", {}).get("coordatt-diag", data)
         source = str(config)

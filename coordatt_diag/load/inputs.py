@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from coordatt_diag.errors import InputError, UsageError, opt
-from coordatt_diag.results import InputsInfo
+from coordatt_diag.results import InputsInfo, PathArg
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_IMGSZ = 224
@@ -127,8 +127,8 @@ class InputStream:
 
 def open_inputs(
     *,
-    images: Path | None = None,
-    tensors: Path | None = None,
+    images: PathArg | None = None,
+    tensors: PathArg | None = None,
     channels: int = 3,
     imgsz: int | None = None,
     normalize: str = "unit",
@@ -163,6 +163,8 @@ def open_inputs(
     """
     if images is not None and tensors is not None:
         raise UsageError(f"pass either {opt('images')} or {opt('tensors')}, not both")
+    images = Path(images) if images is not None else None
+    tensors = Path(tensors) if tensors is not None else None
     if batch_size < 1:
         raise UsageError(f"{opt('batch_size')} must be at least 1")
     if batches is not None and batches < 1:

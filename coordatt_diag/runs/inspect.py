@@ -365,23 +365,23 @@ class InspectOptions:
     model: str | None = None
     model_args: str | None = None
     imports: tuple[str, ...] = ()
-    paths: tuple[Path, ...] = ()
-    images: Path | None = None
-    tensors: Path | None = None
+    paths: tuple[PathArg, ...] = ()
+    images: PathArg | None = None
+    tensors: PathArg | None = None
     imgsz: int | None = None  # 224, or 640 for YOLO models (see inputs.input_size)
     normalize: str = "unit"
     batch_size: int = 8
     batches: int | None = None
     seed: int = 0
     blocks: str | None = None
-    config: Path | None = None
+    config: PathArg | None = None
     device: str | None = None  # cpu, cuda, cuda:N, auto (None: auto)
     half: bool = False
     half_dtype: str = "float16"
     effect: bool = False  # also measure the mask effect (coordatt_diag.runs.effect)
-    labels: Path | None = None  # class indices of the inputs, for the effect's accuracy drop
+    labels: PathArg | None = None  # class indices of the inputs, for the effect's accuracy drop
     #: the training script whose classes a pickled model names as `__main__.X` (with `trust`)
-    main_module: Path | None = None
+    main_module: PathArg | None = None
 
     def __post_init__(self) -> None:
         # a Python caller writes InspectOptions(tensors="calib.pt", imports="mypkg.blocks")
