@@ -135,6 +135,9 @@ def test_cli_main_module(runner: Any, pickled: tuple[Path, Path]) -> None:
     ("for i in range(3):\n    pass\n", [1]),
     ("try:\n    import x\nexcept ImportError:\n    print('no x')\n", [4]),
     ("if DEBUG:\n    with open('f') as fh:\n        pass\n", [2]),
+    ("DEVICE = torch.device('cuda' if torch.cuda.is_available() else 'cpu')\n"
+     "ROOT: Path = Path(__file__).parent / 'data'\n", []),
+    ("model = Net()\nhistory = fit(model, epochs=EPOCHS)\n", [1, 2]),
 ])
 def test_unguarded_code(source: str, lines: list[int]) -> None:
     assert [line for line, _ in unguarded_code(source)] == lines

@@ -143,12 +143,25 @@ def add_import_paths(paths: Sequence[PathArg] | None, modules: Sequence[str] | N
 MAIN_MODULE_NAME = "coordatt_diag_user_main"
 
 
+#: Calls a script may make at its top level without doing work: constants, paths, devices, type
+#: helpers (an assignment that calls anything else, `history = fit(model)`, counts as work).
+_QUIET_CALLS = frozenset({
+    "Path", "pathlib.Path", "os.path.join", "os.path.dirname", "os.path.abspath", "os.getenv",
+    "os.environ.get", "torch.device", "torch.cuda.is_available", "logging.getLogger",
+    "re.compile", "TypeVar", "typing.TypeVar", "namedtuple", "collections.namedtuple", "field",
+    "dataclasses.field", "partial", "functools.partial", "dict", "list", "tuple", "set",
+    "frozenset", "int", "float", "str", "bool", "range", "len", "getattr",
+})
+
+
 def unguarded_code(source: str) -> list[tuple[int, str]]:
     """Top-level statements of a script that would do work when it is imported.
 
-    Imports, definitions, assignments, docstrings and the `if __name__ == "__main__":` block are
-    what a module of classes holds; a call, loop or `with` at the top level (or inside a
-    top-level `if`/`try`, other than that block) runs on import, typically the training itself.
+    Imports, definitions, docstrings, the `if __name__ == "__main__":` block and assignments of
+    constants (calling at most `_QUIET_CALLS`: `Path(...)`, `torch.device(...)`, ...) are what
+    a module of classes holds; a call, loop or `with` at the top level, or an assignment that
+    calls anything else (inside a top-level `if`/`try` too, other than that block), runs on
+    import, typically the training itself.
 
     Returns:
         (line number, first line of the statement) for each such statement.
@@ -166,11 +179,19 @@ def unguarded_code(source: str) -> list[tuple[int, str]]:
                 and {ast.unparse(test.left), ast.unparse(test.comparators[0])}
                 <= {"__name__", "'__main__'", '"__main__"'})
 
+    def calls_only_quiet(node: ast.AST | None) -> bool:
+        if node is None:
+            return True
+        return all(ast.unparse(call.func) in _QUIET_CALLS
+                   for call in ast.walk(node) if isinstance(call, ast.Call))
+
     def visit(body: list[ast.stmt]) -> None:
         for node in body:
             if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef,
-                                 ast.ClassDef, ast.Assign, ast.AnnAssign, ast.AugAssign,
-                                 ast.Pass, ast.Global, ast.Delete)):
+                                 ast.ClassDef, ast.Pass, ast.Global, ast.Delete)):
+                continue
+            if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)) \
+                    and calls_only_quiet(node.value):
                 continue
             if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
                 continue  # a docstring
