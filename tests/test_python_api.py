@@ -18,13 +18,15 @@ DEMO = dict(model="coordatt_diag.demo:digits_net", tensors="examples/digits_samp
 
 
 def test_public_names() -> None:
+    from coordatt_diag import DiagError as Exported
     from coordatt_diag import InspectOptions, Report, analyze_model, inspect_checkpoint
 
     assert set(coordatt_diag.__all__) >= {"InspectOptions", "inspect_checkpoint",
-                                          "analyze_model", "Report"}
+                                          "analyze_model", "Report", "DiagError"}
     assert callable(inspect_checkpoint) and callable(analyze_model)
     assert InspectOptions.__module__ == "coordatt_diag.runs.inspect"
     assert Report.__module__ == "coordatt_diag.results"
+    assert Exported is DiagError and issubclass(UsageError, Exported)
 
 
 def test_inspect_options_take_str_and_path(monkeypatch: pytest.MonkeyPatch) -> None:
