@@ -24,6 +24,7 @@ itself only needs torch. See ``docs/demo.md`` for the measured figures.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -171,11 +172,14 @@ def load_digits_split(seed: int = 0, test_size: float = 0.2) -> DigitsSplit:
 
 
 def train_sgd(model: nn.Module, split: DigitsSplit, epochs: int, weight_decay: float, seed: int,
-              lr: float = 0.1, momentum: float = 0.9, batch_size: int = 64) -> float:
+              lr: float = 0.1, momentum: float = 0.9, batch_size: int = 64,
+              on_epoch: Callable[[int], object] | None = None) -> float:
     """The demo's schedule: SGD with momentum, cosine decay per step, shuffled with `seed`.
 
     Trains the parameters that require gradients, leaves the model in eval mode and returns the
     training time in seconds (used by ``scripts/make_demo.py`` and ``scripts/validate.py``).
+    ``on_epoch`` is called after each epoch with its number (from 0), e.g. a mask watch's
+    ``step``; a truthy ``stop`` attribute of what it returns ends the training early.
     """
     import math
     import time
@@ -187,7 +191,7 @@ def train_sgd(model: nn.Module, split: DigitsSplit, epochs: int, weight_decay: f
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
-    for _ in range(epochs):
+    for epoch in range(epochs):
         model.train()
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), batch_size):
@@ -197,5 +201,7 @@ def train_sgd(model: nn.Module, split: DigitsSplit, epochs: int, weight_decay: f
             loss.backward()
             opt.step()
             sched.step()
+        if on_epoch is not None and getattr(on_epoch(epoch), "stop", False):
+            break
     model.eval()
     return time.perf_counter() - t0

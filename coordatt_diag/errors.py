@@ -1,16 +1,20 @@
 """Domain errors of coordatt-diag and the exit code each one maps to.
 
 Library code raises these with a one-line message that names the problem and the fix; the CLI
-(`coordatt_diag.cli`) is the one boundary that turns them into an exit code and a line on stderr.
+(`coordatt_diag.cli`) is the one boundary that turns them into an exit code and a line on stderr
+(`docs/exit-codes.md` lists every code and what returns it).
 
 | exit code | meaning |
 |---|---|
-| 0 | the command ran (for `inspect`/`report`, whatever the health) |
+| 0 | the command ran (for `inspect`/`report`/`trend`/`compare`, whatever the health) |
 | 1 | `check` only: the model is unhealthy at or above `--fail-on` |
-| 2 | usage error (bad option, bad regex, bad config file) |
+| 2 | usage error: a bad option, regex, config file or output path (an output that cannot be |
+|   | written: a folder, a read-only folder, a full disk, the input checkpoint itself) |
 | 3 | checkpoint or input error (corrupt file, refused pickle, missing class, no blocks found, |
-|   | unreadable inputs, wrong channel count) |
+|   | unreadable inputs or report JSON, a model whose factory or forward pass fails) |
 | 4 | internal error (a bug in coordatt-diag: please report it with `--debug` output) |
+| 130 | interrupted (SIGINT, Ctrl-C): nothing was written |
+| 143 | terminated (SIGTERM, as CI runners send on cancel): nothing was written |
 """
 
 from __future__ import annotations
@@ -65,6 +69,19 @@ EXIT_UNHEALTHY = 1
 EXIT_USAGE = 2
 EXIT_INPUT = 3
 EXIT_INTERNAL = 4
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+#: Every exit code the CLI can return, and what it means (docs/exit-codes.md is checked against it).
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_UNHEALTHY: "check: unhealthy",
+    EXIT_USAGE: "usage error",
+    EXIT_INPUT: "checkpoint or input error",
+    EXIT_INTERNAL: "internal error",
+    EXIT_SIGINT: "interrupted (SIGINT)",
+    EXIT_SIGTERM: "terminated (SIGTERM)",
+}
 
 
 class DiagError(Exception):
@@ -95,6 +112,10 @@ class UsageError(DiagError):
     exit_code = EXIT_USAGE
 
 
+class OutputError(UsageError):
+    """An output file or folder cannot be written (a usage error: name another path)."""
+
+
 class CheckpointError(DiagError):
     """The checkpoint cannot be read, is refused, or does not hold a model we can run."""
 
@@ -111,3 +132,35 @@ class NoBlocksError(DiagError):
     """No attention block was found in the model."""
 
     exit_code = EXIT_INPUT
+
+
+class Interrupted(BaseException):  # noqa: N818 - a signal, not an error
+    """The process got SIGINT or SIGTERM; raised in the main thread by the CLI's handler.
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` swallows it and every
+    `finally` and staged output cleans up on the way out.
+    """
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        self.exit_code = 128 + signum
+        self.name = signal.Signals(signum).name
+        super().__init__(self.name)
+
+
+def show_path(path: object) -> str:
+    """A file name as messages print it: control characters (a newline in a name) escaped, so an
+    error stays one line and the name cannot forge another."""
+    text = os.fspath(path) if isinstance(path, os.PathLike) else str(path)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """`text` as one line: control characters escaped, cut at `limit` characters with an ellipsis."""
+    flat = " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    flat = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in flat)
+    return flat if len(flat) <= limit else flat[: limit - 3].rstrip() + "..."

@@ -59,6 +59,9 @@ class MaskStats:
             [C, H, W] for a_hw, [C, 1, 1] for channel, [1, H, W] for spatial.
         profile_h: axis profile along H (None when H == 1 or the shape varied between batches).
         profile_w: axis profile along W (likewise).
+        sample_std: for each channel, the population std over samples of the channel's mean over
+            positions, averaged over channels: how much the mask follows the input (0: the same
+            mask whatever the input); None when the shape varied between batches.
     """
 
     count: int
@@ -76,6 +79,7 @@ class MaskStats:
     shape: list[int]
     profile_h: AxisProfile | None = None
     profile_w: AxisProfile | None = None
+    sample_std: float | None = None
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,9 @@ class Finding:
         value: the measured value.
         threshold: the threshold it was compared with.
         message: one line: what was measured and why it matters.
-        remedy: what to change (names the seed add-on to try where one applies).
+        remedy: what to change, in plain words.
+        doc: where the finding and its remedies are explained (`docs/remedies.md#<code>`), or
+            None.
     """
 
     code: str
@@ -117,6 +123,7 @@ class Finding:
     threshold: float | None
     message: str
     remedy: str
+    doc: str | None = None
 
 
 @dataclass(frozen=True)
@@ -155,14 +162,44 @@ class MaskEffect:
 
 
 @dataclass(frozen=True)
+class WeightInit:
+    """Whether a block's weight tensors (parameters with dim > 1) still look initialised.
+
+    A tensor is "at init" when it fits the distribution it was drawn from: the block's own init
+    where the package knows it (a normal std the block declares, zeros), else PyTorch's default
+    for convolutions and linear layers, uniform in +-1/sqrt(fan_in): every value inside the bound
+    and the std within `tolerance` of the distribution's.
+
+    Attributes:
+        tensors: weight tensors checked.
+        at_init: how many of them are at init.
+        values: number of weight values checked (few values cannot tell a trained tensor from
+            an initialised one: ECA's 3-tap conv stays inside its init range when trained).
+        std_ratio: for each tensor, its std over the std of its init distribution, median over
+            tensors.
+        max_bound_ratio: largest max|w| / bound over the tensors checked against a uniform init
+            (> 1: some value left the init range), None when none was.
+        init: the init each tensor was compared with, e.g. "uniform(1/sqrt(fan_in))",
+            "normal(0.01)", "zeros" (joined with "+" when they differ).
+    """
+
+    tensors: int
+    at_init: int
+    values: int
+    std_ratio: float | None
+    max_bound_ratio: float | None
+    init: str
+
+
+@dataclass(frozen=True)
 class BlockReport:
     """One attention block.
 
     Attributes:
         name: module name as in `model.named_modules()` ("" is the model itself).
         type: the block's class name.
-        kind: "coordinate", "coordinate+channel", "coordinate-map", "cbam", "channel", "spatial"
-            or "other", from the masks it computes.
+        kind: "coordinate", "coordinate+channel", "coordinate-map", "cbam", "channel", "spatial",
+            "select" (weights across branches) or "other", from the masks it computes.
         feature: [C, H, W] of the block's input (first batch).
         masks: mask kind -> statistics, in the order the block computed them.
         std_ratio: the block's std ratio, None when its input or output is not a tensor.
@@ -172,8 +209,15 @@ class BlockReport:
         weight_rms: root mean square of the block's weight tensors (parameters with dim > 1).
         status: "ok", "warn" or "fail": the most severe of its findings.
         findings: the block's findings.
-        extra: family-specific statistics (e.g. a seed block's monitor, router and clamps).
+        extra: family-specific statistics (e.g. a seed block's monitor, router and clamps);
+            `forced: true` for a block named by `--blocks` that the search did not select;
+            `parts`: mask -> the child of the block it comes from (a residual block's `ca`).
         effect: how much the output changes when the masks are replaced (`--effect`), else None.
+        weight_init: whether the block's weights still look initialised (the evidence of the
+            `untrained` finding), None when the block has no weight tensor.
+        scale_floor: the smallest scale of its input the block can output (its own blend, e.g.
+            1 - alpha * beta for an alpha blend over an attention residual), None when the
+            package does not know the block's blend.
     """
 
     name: str
@@ -189,6 +233,8 @@ class BlockReport:
     findings: list[Finding] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     effect: MaskEffect | None = None
+    weight_init: WeightInit | None = None
+    scale_floor: float | None = None
 
 
 @dataclass(frozen=True)
@@ -342,6 +388,7 @@ def _block_from_dict(data: dict[str, Any]) -> BlockReport:
     d["std_ratio"] = None if d.get("std_ratio") is None else StdRatio(**d["std_ratio"])
     d["findings"] = [Finding(**f) for f in d.get("findings", [])]
     d["effect"] = _effect_from_dict(d.get("effect"))
+    d["weight_init"] = None if d.get("weight_init") is None else WeightInit(**d["weight_init"])
     return BlockReport(**d)
 
 

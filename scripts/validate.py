@@ -1,105 +1,329 @@
 #!/usr/bin/env python
-"""Validation study: how often each finding fires on healthy and on broken models.
+"""Validation study: are the verdicts right on small models the tool never saw?
 
-Trains a labelled set of small digit classifiers (scikit-learn's bundled digits, the demo's data
-and network shape: ``coordatt_diag.demo``) whose three attention blocks come from one family:
+Trains small classifiers on two tasks generated offline (no download, no digits demo):
 
-* ``coordatt``: the package's reference ``CoordinateAtt`` (sigmoid, h-swish);
-* ``coordatt-hsig-res``: ``CoordinateAtt`` with add-on 5 (hard-sigmoid gate) and add-on 6
-  (attention residual, beta 0.5): an identity path, so the seed's std-ratio floor applies;
-* ``cbam-coord``: the package's ``CBAMChannelPlusCoord`` (seed 001 step 2, residual blend);
-* ``official``: the hand-written houqb/CoordAttention block (``tests/fixtures/models.py``);
-* ``se``: a hand-written squeeze-and-excitation block (channel mask only).
+* ``shapes``: 16x16 images of one of six shapes (square, disc, triangle, cross, ring, bar pair)
+  at a random place and size, on noise;
+* ``textures``: 16x16 images of one of six textures (horizontal, vertical and two diagonal
+  gratings, checkerboard, dots) at a random frequency, phase and contrast, on noise;
 
-and one condition:
+with three attention blocks (one per stage) of one family (``FAMILIES``: each is written here,
+so the study does not depend on how the package finds or replaces masks; add a family by adding
+a ``Family``), every block in one condition, or each block in its own ("mixed"):
 
-* ``healthy``: SGD lr 0.1, momentum 0.9, cosine, weight decay 5e-4;
-* ``collapsed``: the same with weight decay ``--collapse-wd`` (default 2e-2);
-* ``saturated``: healthy training, but the gate heads' biases start at +6 and stay there
-  (frozen): the masks sit at ~1;
-* ``untrained``: the initialised network, not trained.
+* ``healthy``: SGD with weight decay 5e-4 on everything;
+* ``collapsed``: the block's parameters under a weight decay of ``COLLAPSE_WD``;
+* ``saturated``: the gate heads' weights multiplied by ``SATURATE_GAIN`` at init and the block
+  frozen (else the layers before the heads learn to scale down): input-driven gates pinned at 0
+  and 1;
+* ``untrained``: the block's parameters frozen at their init while the rest trains;
+* ``suppressing``: the gate heads' biases set to ``SUPPRESS_BIAS`` and frozen: gates near 0.
 
-Each model is inspected on the 360 held-out digits with the mask effect measured (labels given),
-exactly as ``coordatt-diag inspect --effect --labels`` does, and the findings are tallied per
-condition. Healthy models should raise nothing (a finding there is a false alarm); each broken
-model should raise something (a model where nothing fires is a miss).
+Each block's **effect** is measured by this script alone: every gate module of the block (the
+study's blocks compute each mask with a gate module of their own) is replaced by a constant, the
+gate's mean over the test set, and the change of the logits (relative L2) and of the accuracy is
+recorded. A block **matters** when that costs at least ``MATTERS_ACC`` accuracy or changes the
+logits by ``MATTERS_L2``.
 
-The tables go into ``docs/validation.md`` between the ``validate:begin`` / ``validate:end``
-markers (the prose around them is kept). Needs scikit-learn.
+Each model is then inspected as ``coordatt-diag inspect --effect --labels`` does (the package's
+own discovery, statistics, effect and rules). The raw reports are saved (``--data``), so the
+tables can be rebuilt with other thresholds without training again (``--rejudge``). The tables
+go into ``docs/validation.md`` between the ``validate:begin`` / ``validate:end`` markers.
 
 Usage::
 
-    python scripts/validate.py                 # train, inspect, rewrite the tables
-    python scripts/validate.py --epochs 3 --families coordatt --out /tmp/v.md
+    python scripts/validate.py                     # the whole study (~100 models)
+    python scripts/validate.py --quick --out /tmp/v.md --data /tmp/v.json
+    python scripts/validate.py --rejudge --data /tmp/v.json --out /tmp/v.md
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from coordatt_diag.blocks import CBAMChannelPlusCoord, CoordinateAtt  # noqa: E402
-from coordatt_diag.demo import NUM_CLASSES, load_digits_split, train_sgd  # noqa: E402
-from coordatt_diag.health.thresholds import ThresholdConfig, Thresholds  # noqa: E402
+from coordatt_diag.blocks import CoordinateAtt  # noqa: E402
+from coordatt_diag.health.rules import judge  # noqa: E402
+from coordatt_diag.health.thresholds import ThresholdConfig  # noqa: E402
 from coordatt_diag.results import CheckpointInfo, InputsInfo, Report  # noqa: E402
 from coordatt_diag.runs.effect import measure_effect  # noqa: E402
 from coordatt_diag.runs.inspect import finalize, run_batches  # noqa: E402
 
 DOC = ROOT / "docs" / "validation.md"
 BEGIN, END = "<!-- validate:begin -->", "<!-- validate:end -->"
-CONDITIONS = ("healthy", "collapsed", "saturated", "untrained")
+CONDITIONS = ("healthy", "collapsed", "saturated", "untrained", "suppressing")
+MODEL_CONDITIONS = CONDITIONS + ("mixed",)
 BROKEN = CONDITIONS[1:]
-LR, MOMENTUM, BATCH_SIZE = 0.1, 0.9, 64
-HEALTHY_WD = 5e-4
-SATURATED_BIAS = 6.0
-SEED_STD = 0.02  # seed 000 section 10: "mask std very low" below this
-SEED_RATIO = 0.45  # seed 001 step 2: r_min, the std-ratio floor
+SIZE, CLASSES = 16, 6
+LR, MOMENTUM, BATCH_SIZE, HEALTHY_WD = 0.05, 0.9, 64, 5e-4
+COLLAPSE_WD = 1.0
+SATURATE_GAIN = 25.0
+SUPPRESS_BIAS = -6.0
+MATTERS_ACC, MATTERS_L2 = 0.01, 0.10
+#: the blocks' conditions in a "mixed" model, by seed
+MIXES = (("healthy", "untrained", "collapsed"), ("saturated", "healthy", "suppressing"),
+         ("untrained", "collapsed", "healthy"), ("suppressing", "saturated", "untrained"))
 
 
-def _official(c: int) -> nn.Module:
-    from tests.fixtures.models import OfficialCoordAtt
-
-    return OfficialCoordAtt(c)
+# ---------------------------------------------------------------------------------------------
+# Tasks
 
 
-def _se(c: int) -> nn.Module:
-    from tests.fixtures.models import SEBlock
-
-    return SEBlock(c)
+def _noise(rng: np.random.Generator, n: int, level: float) -> np.ndarray:
+    return rng.normal(0.0, level, size=(n, SIZE, SIZE))
 
 
-FAMILIES: dict[str, Callable[[int], nn.Module]] = {
-    "coordatt": lambda c: CoordinateAtt(c),
-    "coordatt-hsig-res": lambda c: CoordinateAtt(c, gate="hardsigmoid", att_residual_beta=0.5),
-    "cbam-coord": lambda c: CBAMChannelPlusCoord(c),
-    "official": _official,
-    "se": _se,
+def make_shapes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Six shapes at a random place and size on noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)
+    x = _noise(rng, n, 0.25)
+    y = rng.integers(0, CLASSES, size=n)
+    for i in range(n):
+        r = rng.uniform(2.5, 4.5)
+        cy, cx = rng.uniform(r + 1, SIZE - r - 1, size=2)
+        dy, dx = yy - cy, xx - cx
+        k = y[i]
+        if k == 0:
+            m = (np.abs(dy) <= r) & (np.abs(dx) <= r)
+        elif k == 1:
+            m = dy * dy + dx * dx <= r * r
+        elif k == 2:
+            m = (dy <= r) & (dy >= -r) & (np.abs(dx) <= (dy + r) / 2)
+        elif k == 3:
+            m = ((np.abs(dy) <= 1) & (np.abs(dx) <= r)) | ((np.abs(dx) <= 1) & (np.abs(dy) <= r))
+        elif k == 4:
+            d = np.sqrt(dy * dy + dx * dx)
+            m = (d <= r) & (d >= r - 1.5)
+        else:
+            m = (np.abs(dx) <= r) & ((np.abs(dy - r / 2) <= 0.7) | (np.abs(dy + r / 2) <= 0.7))
+        x[i] += m * rng.uniform(0.6, 1.0)
+    return torch.tensor(x, dtype=torch.float32).unsqueeze(1), torch.tensor(y)
+
+
+def make_textures(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Six textures at a random frequency, phase and contrast on noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)
+    x = _noise(rng, n, 0.35)
+    y = rng.integers(0, CLASSES, size=n)
+    for i in range(n):
+        f = rng.uniform(0.35, 0.9)
+        ph = rng.uniform(0, 2 * math.pi)
+        c = rng.uniform(0.5, 1.0)
+        k = y[i]
+        if k == 0:
+            t = np.sin(f * yy + ph)
+        elif k == 1:
+            t = np.sin(f * xx + ph)
+        elif k == 2:
+            t = np.sin(f * (xx + yy) / math.sqrt(2) + ph)
+        elif k == 3:
+            t = np.sin(f * (xx - yy) / math.sqrt(2) + ph)
+        elif k == 4:
+            t = np.sign(np.sin(f * xx + ph)) * np.sign(np.sin(f * yy + ph))
+        else:
+            t = (np.sin(f * 2 * xx + ph) > 0.6) * (np.sin(f * 2 * yy + ph) > 0.6) * 2.0 - 0.5
+        x[i] += c * t
+    return torch.tensor(x, dtype=torch.float32).unsqueeze(1), torch.tensor(y)
+
+
+TASKS: dict[str, Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]] = {
+    "shapes": make_shapes,
+    "textures": make_textures,
 }
 
-#: Parameter names (suffixes) of the biases that feed each family's gates.
-GATE_BIASES = ("conv_h.bias", "conv_w.bias", "h_attention_head.bias", "w_attention_head.bias",
-               "ca.fc2.bias", "fc.2.bias")
+
+@dataclass(frozen=True)
+class Split:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def load_task(name: str, n_train: int, n_test: int) -> Split:
+    make = TASKS[name]
+    xt, yt = make(n_train, 1)
+    xs, ys = make(n_test, 2)
+    return Split(xt, yt, xs, ys)
+
+
+# ---------------------------------------------------------------------------------------------
+# Families: each block computes every mask with a gate module of its own (`gates`), and names the
+# layers whose outputs feed a gate (`heads`), so the study can replace masks and break heads
+# without the package.
+
+
+class HSwish(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * F.relu6(x + 3) / 6
+
+
+class CoordAtt(nn.Module):
+    """Coordinate attention (Hou et al.): x * a_h * a_w; with `alpha`/`beta` the package's blend
+    scale = (1 - alpha) + alpha * (1 + beta * (a_h * a_w - 1)) (an identity path)."""
+
+    heads = ("conv_h", "conv_w")
+
+    def __init__(self, c: int, alpha: float | None = None, beta: float | None = None) -> None:
+        super().__init__()
+        mid = max(8, c // 4)
+        self.conv1 = nn.Conv2d(c, mid, 1)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.act = HSwish()
+        self.conv_h = nn.Conv2d(mid, c, 1)
+        self.conv_w = nn.Conv2d(mid, c, 1)
+        self.gate_h, self.gate_w = nn.Sigmoid(), nn.Sigmoid()
+        self.blend = alpha is not None
+        if alpha is not None:
+            self.register_buffer("alpha", torch.tensor(float(alpha)))
+            self.beta = float(beta if beta is not None else 1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = x.shape
+        x_h = x.mean(3, keepdim=True)
+        x_w = x.mean(2, keepdim=True).permute(0, 1, 3, 2)
+        y = self.act(self.bn1(self.conv1(torch.cat([x_h, x_w], dim=2))))
+        y_h, y_w = torch.split(y, [h, w], dim=2)
+        a_h = self.gate_h(self.conv_h(y_h))
+        a_w = self.gate_w(self.conv_w(y_w.permute(0, 1, 3, 2)))
+        att = a_h * a_w
+        if not self.blend:
+            return x * att
+        scale = (1 - self.alpha) + self.alpha * (1 + self.beta * (att - 1))
+        return x * scale
+
+
+class CBAM(nn.Module):
+    """CBAM: channel gate (shared MLP on avg and max pools), then spatial gate (conv on the channel
+    mean and max)."""
+
+    heads = ("fc2", "sa")
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        hidden = max(4, c // 4)
+        self.fc1 = nn.Conv2d(c, hidden, 1)
+        self.fc2 = nn.Conv2d(hidden, c, 1)
+        self.sa = nn.Conv2d(2, 1, 5, padding=2)
+        self.gate_c, self.gate_s = nn.Sigmoid(), nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mlp = lambda t: self.fc2(F.relu(self.fc1(t)))  # noqa: E731
+        ca = self.gate_c(mlp(x.mean((2, 3), keepdim=True)) + mlp(x.amax((2, 3), keepdim=True)))
+        y = x * ca
+        sa = self.gate_s(self.sa(torch.cat([y.mean(1, keepdim=True), y.amax(1, keepdim=True)], 1)))
+        return y * sa
+
+
+class SE(nn.Module):
+    """Squeeze-and-excitation."""
+
+    heads = ("fc2",)
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        hidden = max(4, c // 4)
+        self.fc1 = nn.Linear(c, hidden)
+        self.fc2 = nn.Linear(hidden, c)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.gate(self.fc2(F.relu(self.fc1(x.mean((2, 3))))))
+        return x * s[:, :, None, None]
+
+
+class ECA(nn.Module):
+    """Efficient channel attention: a 1-D conv across the pooled channels (with a bias here)."""
+
+    heads = ("conv",)
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, 3, padding=1)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.gate(self.conv(x.mean((2, 3)).unsqueeze(1))).squeeze(1)
+        return x * s[:, :, None, None]
+
+
+class SpatialAtt(nn.Module):
+    """CBAM's spatial gate alone."""
+
+    heads = ("conv",)
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, 5, padding=2)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(self.conv(torch.cat([x.mean(1, keepdim=True),
+                                                  x.amax(1, keepdim=True)], 1)))
+
+
+class PackageCoordAtt(CoordinateAtt):
+    """The package's `CoordinateAtt` with the hard-sigmoid gate and an attention residual (beta
+    0.5); its `_gate` method is the gate the study replaces."""
+
+    heads = ("conv_h", "conv_w")
+
+    def __init__(self, c: int) -> None:
+        super().__init__(c, gate="hardsigmoid", att_residual_beta=0.5)
+        self.replace_gate: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def _gate(self, z: torch.Tensor) -> torch.Tensor:
+        out = super()._gate(z)
+        return self.replace_gate(out) if self.replace_gate is not None else out
+
+
+@dataclass(frozen=True)
+class Family:
+    """A block family: its constructor and a word on it."""
+
+    make: Callable[[int], nn.Module]
+    about: str
+
+
+FAMILIES: dict[str, Family] = {
+    "coordatt": Family(lambda c: CoordAtt(c), "coordinate attention, x * a_h * a_w"),
+    "coordatt-blend": Family(lambda c: CoordAtt(c, alpha=0.8, beta=0.5),
+                             "coordinate attention blended (alpha 0.8, beta 0.5): identity path"),
+    "cbam": Family(CBAM, "CBAM: channel then spatial gate"),
+    "se": Family(SE, "squeeze-and-excitation"),
+    "eca": Family(ECA, "efficient channel attention"),
+    "spatial": Family(SpatialAtt, "spatial gate alone"),
+    "pkg-coordatt": Family(PackageCoordAtt,
+                           "the package's CoordinateAtt, hard-sigmoid gate, residual beta 0.5"),
+}
 
 
 class Net(nn.Module):
-    """The demo's ``DigitsNet`` with any attention block: stem, three conv stages each ending in
-    ``att``, global average pool, linear head."""
+    """Stem, three conv stages (16x16, 8x8, 4x4) each ending in an attention block `att`, global
+    average pool, linear head."""
 
-    def __init__(self, att: Callable[[int], nn.Module], widths: tuple[int, int, int] = (16, 32, 64)):
+    def __init__(self, att: Callable[[int], nn.Module], widths: tuple[int, int, int] = (16, 24, 32)):
         super().__init__()
         w0, w1, w2 = widths
 
@@ -113,9 +337,12 @@ class Net(nn.Module):
 
         self.stem = nn.Sequential(nn.Conv2d(1, w0, 3, padding=1, bias=False), nn.BatchNorm2d(w0),
                                   nn.ReLU())
-        self.stage1, self.stage2, self.stage3 = stage(w0, w1), stage(w1, w2), stage(w2, w2)
+        self.stage1, self.stage2, self.stage3 = stage(w0, w0), stage(w0, w1), stage(w1, w2)
         self.pool = nn.MaxPool2d(2)
-        self.head = nn.Linear(w2, NUM_CLASSES)
+        self.head = nn.Linear(w2, CLASSES)
+
+    def blocks(self) -> dict[str, nn.Module]:
+        return {f"stage{i}.att": getattr(self, f"stage{i}").att for i in (1, 2, 3)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.stage1(self.stem(x)))
@@ -123,193 +350,343 @@ class Net(nn.Module):
         return self.head(self.stage3(x).mean(dim=(2, 3)))
 
 
-def saturate(model: nn.Module) -> int:
-    """Set the gate heads' biases to +6 and freeze them; returns how many were set."""
-    n = 0
-    for name, p in model.named_parameters():
-        if ".att." in name and name.endswith(GATE_BIASES):
-            with torch.no_grad():
-                p.fill_(SATURATED_BIAS)
+# ---------------------------------------------------------------------------------------------
+# Conditions
+
+
+def _heads(block: nn.Module) -> list[nn.Module]:
+    return [getattr(block, h) for h in getattr(block, "heads", ())]
+
+
+def prepare(block: nn.Module, condition: str) -> float:
+    """Break `block` as `condition` says before training; returns its weight decay."""
+    if condition == "untrained":
+        for p in block.parameters():
             p.requires_grad_(False)
-            n += 1
-    return n
+    elif condition == "saturated":
+        for h in _heads(block):
+            with torch.no_grad():
+                h.weight.mul_(SATURATE_GAIN)
+        for p in block.parameters():  # frozen whole, or the layers before the heads scale down
+            p.requires_grad_(False)
+    elif condition == "suppressing":
+        for h in _heads(block):
+            with torch.no_grad():
+                h.bias.fill_(SUPPRESS_BIAS)
+            h.bias.requires_grad_(False)
+    return COLLAPSE_WD if condition == "collapsed" else HEALTHY_WD
 
 
-def train(model: nn.Module, split: Any, epochs: int, weight_decay: float, seed: int) -> float:
-    """The demo's schedule (``coordatt_diag.demo.train_sgd``); returns seconds."""
-    return train_sgd(model, split, epochs, weight_decay, seed, lr=LR, momentum=MOMENTUM,
-                     batch_size=BATCH_SIZE)
+def train(model: Net, split: Split, wd: dict[str, float], epochs: int, seed: int) -> float:
+    """SGD with momentum and a cosine schedule; each block's parameters with its weight decay."""
+    groups: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    for name, block in model.blocks().items():
+        ps = [p for p in block.parameters() if p.requires_grad]
+        seen.update(id(p) for p in block.parameters())
+        if ps:
+            groups.append({"params": ps, "weight_decay": wd[name]})
+    rest = [p for p in model.parameters() if id(p) not in seen and p.requires_grad]
+    groups.append({"params": rest, "weight_decay": HEALTHY_WD})
+    opt = torch.optim.SGD(groups, lr=LR, momentum=MOMENTUM)
+    x, y = split.x_train, split.y_train
+    steps = epochs * math.ceil(len(x) / BATCH_SIZE)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), BATCH_SIZE):
+            idx = perm[i:i + BATCH_SIZE]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    return time.perf_counter() - t0
 
 
-@dataclass(frozen=True)
-class BlockRow:
-    """What the study keeps of one block."""
-
-    name: str
-    min_std: float | None  # smallest std over the block's masks
-    std_ratio: float | None
-    identity_path: bool
-    effect_const: float | None  # relative L2 output change, masks -> constant
-    effect_pos: float | None
-    findings: tuple[str, ...]
+# ---------------------------------------------------------------------------------------------
+# The study's own effect measurement
 
 
-@dataclass(frozen=True)
-class ModelRow:
-    """One trained (or untrained) model and what inspect said about it."""
+class _GateSwap:
+    """Replaces every gate output of one block by a constant while active; records means."""
 
-    family: str
-    condition: str
-    seed: int
-    accuracy: float
-    blocks: tuple[BlockRow, ...]
-    seconds: float = 0.0
+    def __init__(self, block: nn.Module) -> None:
+        self.block = block
+        self.gates = [m for m in block.modules() if isinstance(m, (nn.Sigmoid, nn.Hardsigmoid))]
+        self.means: list[tuple[float, int]] = []
+        self.constant: float | None = None
 
-    def codes(self) -> set[str]:
-        return {c for b in self.blocks for c in b.findings}
+    def _record(self, out: torch.Tensor) -> torch.Tensor:
+        self.means.append((float(out.double().sum()), out.numel()))
+        return out
 
+    def _swap(self, out: torch.Tensor) -> torch.Tensor:
+        assert self.constant is not None
+        return torch.full_like(out, self.constant)
 
-def rows_from_report(family: str, condition: str, seed: int, accuracy: float, report: Report,
-                     seconds: float = 0.0) -> ModelRow:
-    """A `ModelRow` from an inspect report (with the mask effect)."""
-    blocks = []
-    for b in report.blocks:
-        stds = [m.std for m in b.masks.values() if m.std is not None]
-        e = b.effect
-        blocks.append(BlockRow(
-            name=b.name, min_std=min(stds) if stds else None,
-            std_ratio=b.std_ratio.mean if b.std_ratio else None, identity_path=b.identity_path,
-            effect_const=e.constant.rel_l2 if e else None,
-            effect_pos=e.positional.rel_l2 if e and e.positional else None,
-            findings=tuple(sorted({f.code for f in b.findings})),
-        ))
-    return ModelRow(family, condition, seed, accuracy, tuple(blocks), seconds)
+    def run(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+        handles = [g.register_forward_hook(lambda _m, _i, o: fn(o)) for g in self.gates]
+        if isinstance(self.block, PackageCoordAtt):
+            self.block.replace_gate = fn
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            if isinstance(self.block, PackageCoordAtt):
+                self.block.replace_gate = None
 
 
-def inspect_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                  thresholds: ThresholdConfig, batch: int = 90) -> Report:
+def own_effect(model: Net, x: torch.Tensor, y: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Per block: logits change (relative L2) and accuracy drop with its gates at a constant (the
+    gate outputs' mean over `x`)."""
+    out: dict[str, dict[str, float]] = {}
+    with torch.no_grad():
+        base = model(x)
+        acc = float((base.argmax(1) == y).float().mean())
+        for name, block in model.blocks().items():
+            swap = _GateSwap(block)
+            for _ in swap.run(swap._record):
+                model(x)
+            total = sum(s for s, _ in swap.means)
+            count = sum(n for _, n in swap.means)
+            swap.constant = total / max(count, 1)
+            for _ in swap.run(swap._swap):
+                alt = model(x)
+            rel = float((alt - base).norm() / base.norm().clamp(min=1e-12))
+            out[name] = {"rel_l2": rel,
+                         "acc_drop": acc - float((alt.argmax(1) == y).float().mean()),
+                         "gate_mean": swap.constant}
+    return out
+
+
+def matters(e: dict[str, float]) -> bool:
+    return e["acc_drop"] >= MATTERS_ACC or e["rel_l2"] >= MATTERS_L2
+
+
+# ---------------------------------------------------------------------------------------------
+# One model
+
+
+def inspect_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 100) -> Report:
     """What ``inspect --effect --labels`` reports for `model` on (x, y)."""
     batches = [x[i:i + batch] for i in range(0, len(x), batch)]
     state = run_batches(model, batches, device="cpu")
     effects = measure_effect(model, state.blocks, batches, labels=y, device="cpu")
     inputs = InputsInfo(source="tensors", path=None, samples=len(x), batches=len(batches),
                         batch_size=batch, shape=list(x.shape[1:]))
-    return finalize(model, state, thresholds, CheckpointInfo(None, None, "in-memory"), inputs,
-                    effects=effects)
+    return finalize(model, state, ThresholdConfig(), CheckpointInfo(None, None, "in-memory"),
+                    inputs, effects=effects)
+
+
+def block_conditions(condition: str, seed: int, family: str = "",
+                     task: str = "") -> tuple[str, str, str]:
+    """The conditions of the three blocks; a mixed model's rotate with the family and task."""
+    if condition == "mixed":
+        turn = seed + (list(FAMILIES).index(family) if family in FAMILIES else 0) + (
+            list(TASKS).index(task) if task in TASKS else 0)
+        return MIXES[turn % len(MIXES)]
+    return (condition, condition, condition)
+
+
+def run_model(task: str, split: Split, family: str, condition: str, seed: int,
+              epochs: int) -> dict[str, Any]:
+    """Build, break, train and inspect one model; the record the study keeps."""
+    torch.manual_seed(seed)
+    model = Net(FAMILIES[family].make)
+    labels = dict(zip(model.blocks(), block_conditions(condition, seed, family, task),
+                      strict=True))
+    wd = {name: prepare(block, labels[name]) for name, block in model.blocks().items()}
+    seconds = train(model, split, wd, epochs, seed)
+    with torch.no_grad():
+        acc = float((model(split.x_test).argmax(1) == split.y_test).float().mean())
+    effects = own_effect(model, split.x_test, split.y_test)
+    report = inspect_model(model, split.x_test, split.y_test)
+    return {"task": task, "family": family, "condition": condition, "seed": seed,
+            "accuracy": acc, "seconds": seconds, "labels": labels, "effects": effects,
+            "report": report.to_dict()}
 
 
 # ---------------------------------------------------------------------------------------------
-# Tables
+# Rows and tables
+
+
+@dataclass(frozen=True)
+class BlockRow:
+    """One block: its label, its measured effect and what the package said."""
+
+    model: str
+    name: str
+    label: str
+    matters: bool
+    rel_l2: float
+    acc_drop: float
+    tool_effect: float | None
+    status: str
+    findings: tuple[tuple[str, str], ...]  # (code, severity)
+    min_std: dict[str, float] = field(default_factory=dict)  # mask kind -> std
+
+    @property
+    def flagged(self) -> bool:
+        return self.status in ("warn", "fail")
+
+    def codes(self, severity: str | None = None) -> list[str]:
+        return sorted({c for c, s in self.findings if severity is None or s == severity})
+
+
+def rows_of(records: list[dict[str, Any]], config: ThresholdConfig) -> list[BlockRow]:
+    """Every block of every record, judged with `config` (the saved statistics, rules re-run)."""
+    rows = []
+    for r in records:
+        report = judge(Report.from_dict(r["report"]), config)
+        model = f"{r['task']}/{r['family']}/{r['condition']}/{r['seed']}"
+        for b in report.blocks:
+            e = r["effects"][b.name]
+            stds: dict[str, float] = {}
+            for k, m in b.masks.items():
+                if m.std is not None:
+                    kind = k.split("#")[0]
+                    stds[kind] = min(stds.get(kind, m.std), m.std)
+            rows.append(BlockRow(
+                model=model, name=b.name, label=r["labels"][b.name], matters=matters(e),
+                rel_l2=e["rel_l2"], acc_drop=e["acc_drop"],
+                tool_effect=b.effect.constant.rel_l2 if b.effect else None, status=b.status,
+                findings=tuple((f.code, f.severity) for f in b.findings if f.severity != "info"),
+                min_std=stds))
+    return rows
 
 
 def _share(k: int, n: int) -> str:
-    return f"{k}/{n}" if n else "-"
+    return f"{k}/{n} ({k / n:.0%})" if n else "-"
 
 
 def _spread(values: Iterable[float | None], fmt: str = "{:.3f}") -> str:
     vals = sorted(v for v in values if v is not None and math.isfinite(v))
     if not vals:
         return "-"
-    med = statistics.median(vals)
-    return f"{fmt.format(med)} ({fmt.format(vals[0])}-{fmt.format(vals[-1])})"
+    return f"{fmt.format(statistics.median(vals))} ({fmt.format(vals[0])}-{fmt.format(vals[-1])})"
 
 
-def findings_table(rows: list[ModelRow]) -> str:
-    """Per finding code: on how many models of each condition it fired (any block).
-
-    On healthy models every firing is a false alarm; the last row counts the broken models on
-    which nothing fired (misses).
-    """
-    by_cond = {c: [r for r in rows if r.condition == c] for c in CONDITIONS}
-    codes = sorted({c for r in rows for c in r.codes()})
-    head = ("| finding | healthy (false alarms) | "
-            + " | ".join(c for c in BROKEN) + " |\n|---|---|" + "---|" * len(BROKEN))
-    lines = [head]
-    for code in codes:
-        cells = [_share(sum(code in r.codes() for r in by_cond[c]), len(by_cond[c]))
-                 for c in CONDITIONS]
-        lines.append(f"| `{code}` | " + " | ".join(cells) + " |")
-    anyf = [_share(sum(bool(r.codes()) for r in by_cond[c]), len(by_cond[c])) for c in CONDITIONS]
-    lines.append("| any finding | " + " | ".join(anyf) + " |")
-    miss = ["-"] + [_share(sum(not r.codes() for r in by_cond[c]), len(by_cond[c]))
-                    for c in BROKEN]
-    lines.append("| **nothing fired (misses)** | " + " | ".join(miss) + " |")
-    return "\n".join(lines)
-
-
-def effect_table(rows: list[ModelRow]) -> str:
-    """Per condition: accuracy, mask std, std ratio and mask effect over the blocks (median and
-    range)."""
-    lines = ["| condition | models | accuracy | min mask std | std ratio | effect: constant "
-             "| effect: positional |", "|---|---|---|---|---|---|---|"]
-    for c in CONDITIONS:
-        rs = [r for r in rows if r.condition == c]
+def confusion_table(rows: list[BlockRow]) -> str:
+    lines = ["| label | blocks | matter | ok | warn | fail | flagged |",
+             "|---|---|---|---|---|---|---|"]
+    for label in CONDITIONS:
+        rs = [r for r in rows if r.label == label]
         if not rs:
             continue
-        blocks = [b for r in rs for b in r.blocks]
-        lines.append(
-            f"| {c} | {len(rs)} | {_spread(r.accuracy for r in rs)} "
-            f"| {_spread((b.min_std for b in blocks), '{:.4f}')} "
-            f"| {_spread(b.std_ratio for b in blocks)} "
-            f"| {_spread(b.effect_const for b in blocks)} "
-            f"| {_spread(b.effect_pos for b in blocks)} |")
+        c = Counter(r.status for r in rs)
+        flagged = sum(r.flagged for r in rs)
+        lines.append(f"| {label} | {len(rs)} | {sum(r.matters for r in rs)} | {c['ok']} "
+                     f"| {c['warn']} | {c['fail']} | {_share(flagged, len(rs))} |")
+    healthy = [r for r in rows if r.label == "healthy"]
+    hm = [r for r in healthy if r.matters]
+    lines.append(f"| healthy, masks matter | {len(hm)} | {len(hm)} "
+                 f"| {sum(r.status == 'ok' for r in hm)} | {sum(r.status == 'warn' for r in hm)} "
+                 f"| {sum(r.status == 'fail' for r in hm)} | {_share(sum(r.flagged for r in hm), len(hm))} |")
+    broken = [r for r in rows if r.label != "healthy"]
+    lines.append(f"| all broken | {len(broken)} | {sum(r.matters for r in broken)} "
+                 f"| {sum(r.status == 'ok' for r in broken)} "
+                 f"| {sum(r.status == 'warn' for r in broken)} "
+                 f"| {sum(r.status == 'fail' for r in broken)} "
+                 f"| {_share(sum(r.flagged for r in broken), len(broken))} |")
     return "\n".join(lines)
 
 
-def seed_rules_table(rows: list[ModelRow], default: Thresholds | None = None) -> str:
-    """The seed's two rules per condition: blocks with a mask std below 0.02 (and below the
-    package's near_constant_warn), identity-path blocks with a std ratio below 0.45."""
-    th = default or Thresholds()
-    lines = [f"| condition | blocks with std < {SEED_STD} | blocks with std < "
-             f"{th.near_constant_warn} | identity-path blocks with std ratio < {SEED_RATIO} "
-             "| multiplicative blocks: std ratio |", "|---|---|---|---|---|"]
-    for c in CONDITIONS:
-        blocks = [b for r in rows if r.condition == c for b in r.blocks]
-        if not blocks:
+def findings_table(rows: list[BlockRow]) -> str:
+    """Per finding code and label: on how many blocks it fired (warn or fail)."""
+    codes = sorted({c for r in rows for c in r.codes()})
+    lines = ["| finding | " + " | ".join(CONDITIONS) + " |", "|---|" + "---|" * len(CONDITIONS)]
+    for code in codes:
+        cells = []
+        for label in CONDITIONS:
+            rs = [r for r in rows if r.label == label]
+            w = sum(code in r.codes("warn") for r in rs)
+            f = sum(code in r.codes("fail") for r in rs)
+            cells.append(f"{w}w {f}f" if w or f else "-")
+        lines.append(f"| `{code}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _axis_std(r: BlockRow) -> float | None:
+    stds = [r.min_std[k] for k in ("a_h", "a_w") if k in r.min_std]
+    return min(stds) if stds else None
+
+
+def stats_table(rows: list[BlockRow]) -> str:
+    lines = ["| label | blocks | own effect: logits change | own effect: accuracy drop "
+             "| tool's effect | a_h/a_w std | channel std | spatial std |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label in CONDITIONS:
+        rs = [r for r in rows if r.label == label]
+        if not rs:
             continue
-        stds = [b for b in blocks if b.min_std is not None]
-        ident = [b for b in blocks if b.identity_path and b.std_ratio is not None]
-        mult = [b.std_ratio for b in blocks if not b.identity_path]
         lines.append(
-            f"| {c} | {_share(sum(b.min_std < SEED_STD for b in stds), len(stds))} "  # type: ignore[operator]
-            f"| {_share(sum(b.min_std < th.near_constant_warn for b in stds), len(stds))} "  # type: ignore[operator]
-            f"| {_share(sum(b.std_ratio < SEED_RATIO for b in ident), len(ident))} "  # type: ignore[operator]
-            f"| {_spread(mult)} |")
+            f"| {label} | {len(rs)} | {_spread(r.rel_l2 for r in rs)} "
+            f"| {_spread(r.acc_drop for r in rs)} | {_spread(r.tool_effect for r in rs)} "
+            f"| {_spread((_axis_std(r) for r in rs), '{:.4f}')} "
+            f"| {_spread((r.min_std.get('channel') for r in rs), '{:.4f}')} "
+            f"| {_spread((r.min_std.get('spatial') for r in rs), '{:.4f}')} |")
     return "\n".join(lines)
 
 
-def models_table(rows: list[ModelRow]) -> str:
-    """Every model and block: mask std, std ratio, effect and findings."""
-    lines = ["| family | condition | accuracy | block | min std | std ratio | effect const / pos "
-             "| findings |", "|---|---|---|---|---|---|---|---|"]
+def _row_line(r: BlockRow) -> str:
+    found = ", ".join(f"{c} ({s})" for c, s in r.findings) or "-"
+    tool = "-" if r.tool_effect is None else f"{r.tool_effect:.3f}"
+    return (f"| {r.model} | {r.name} | {r.label} | {r.rel_l2:.3f} / {r.acc_drop:+.3f} | {tool} "
+            f"| {r.status} | {found} |")
+
+
+_HEAD = ("| model | block | label | own effect (logits / accuracy) | tool's effect | status "
+         "| findings |\n|---|---|---|---|---|---|---|")
+
+
+def listing(title: str, rows: list[BlockRow]) -> str:
+    if not rows:
+        return f"#### {title}\n\nNone."
+    return f"#### {title} ({len(rows)})\n\n" + _HEAD + "\n" + "\n".join(_row_line(r) for r in rows)
+
+
+def disagreements(rows: list[BlockRow]) -> list[BlockRow]:
+    """Blocks where the verdict and the study's measured effect disagree: a block whose masks
+    matter failed as dead (`dead_weight`), or a block whose masks do not matter has no finding."""
+    out = []
     for r in rows:
-        for i, b in enumerate(r.blocks):
-            first = i == 0
-            lines.append(
-                f"| {r.family if first else ''} | {r.condition if first else ''} "
-                f"| {f'{r.accuracy:.3f}' if first else ''} | {b.name} "
-                f"| {'-' if b.min_std is None else f'{b.min_std:.4f}'} "
-                f"| {'-' if b.std_ratio is None else f'{b.std_ratio:.3f}'}"
-                f"{' (id)' if b.identity_path else ''} "
-                f"| {'-' if b.effect_const is None else f'{b.effect_const:.3f}'} / "
-                f"{'-' if b.effect_pos is None else f'{b.effect_pos:.3f}'} "
-                f"| {', '.join(b.findings) or '-'} |")
-    return "\n".join(lines)
+        says_dead = "dead_weight" in r.codes()
+        if (r.matters and says_dead) or (not r.matters and r.label != "healthy" and not r.flagged):
+            out.append(r)
+    return out
 
 
-def build_section(rows: list[ModelRow], meta: dict[str, Any]) -> str:
-    """The generated part of docs/validation.md."""
+def build_section(records: list[dict[str, Any]], rows: list[BlockRow], meta: dict[str, Any]) -> str:
     settings = ", ".join(f"{k} {v}" for k, v in meta.items())
+    healthy = [r for r in rows if r.label == "healthy"]
+    broken = [r for r in rows if r.label != "healthy"]
+    fails_matter = [r for r in rows if r.status == "fail" and r.matters]
+    models = Counter((r["family"], r["task"]) for r in records)
+    fam = Counter(r["family"] for r in records)
     return "\n\n".join([
         BEGIN,
         f"Generated by `python scripts/validate.py` ({settings}).",
-        "### Findings per condition\n\nModels on which the finding fired on at least one block.\n\n"
-        + findings_table(rows),
-        "### Mask effect and statistics per condition\n\nMedian (range) over all blocks of all "
-        "models of the condition; effect is the relative L2 change of the logits with the masks "
-        "replaced.\n\n" + effect_table(rows),
-        "### The seed's rules\n\n" + seed_rules_table(rows),
-        "### Every model\n\n`(id)`: the block has an identity path.\n\n" + models_table(rows),
+        f"{len(records)} models ({', '.join(f'{k} {v}' for k, v in sorted(fam.items()))}; "
+        f"{len({t for _, t in models})} tasks), {len(rows)} blocks.",
+        "### Confusion table: label x status\n\n`matter`: the study's own constant-gate "
+        f"replacement costs >= {MATTERS_ACC:.0%} accuracy or changes the logits by >= "
+        f"{MATTERS_L2:.0%}. `flagged`: warn or fail.\n\n" + confusion_table(rows),
+        "### Findings per label\n\nBlocks on which the finding fired (w: warn, f: fail; info "
+        "findings are not counted).\n\n" + findings_table(rows),
+        "### Statistics per label\n\nMedian (range) over the blocks.\n\n" + stats_table(rows),
+        "### False alarms, misses, fails on blocks that matter, disagreements\n\n"
+        + "\n\n".join([
+            listing("False alarms: healthy blocks flagged", [r for r in healthy if r.flagged]),
+            listing("Misses: broken blocks not flagged", [r for r in broken if not r.flagged]),
+            listing("Fails on blocks whose masks matter", fails_matter),
+            listing("Disagreements with the measured effect", disagreements(rows)),
+        ]),
         END,
     ])
 
@@ -324,58 +701,108 @@ def write_doc(section: str, path: Path) -> None:
     path.write_text(head + section + tail)
 
 
+def summary(rows: list[BlockRow]) -> dict[str, Any]:
+    """The numbers the issue's "done when" is judged on."""
+    hm = [r for r in rows if r.label == "healthy" and r.matters]
+    broken = [r for r in rows if r.label != "healthy"]
+    untrained = [r for r in rows if r.label == "untrained"]
+    return {
+        "healthy_matter": len(hm),
+        "healthy_matter_fail": sum(r.status == "fail" for r in hm),
+        "healthy_matter_warn": sum(r.status == "warn" for r in hm),
+        "broken": len(broken),
+        "broken_flagged": sum(r.flagged for r in broken),
+        "untrained": len(untrained),
+        "untrained_flagged": sum(r.flagged for r in untrained),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 
 
-def run(families: list[str], seeds: list[int], epochs: int, collapse_wd: float,
-        log: Callable[[str], None] = print) -> list[ModelRow]:
-    """Train and inspect every (family, condition, seed); returns the rows."""
-    split = load_digits_split(seed=0)
-    thresholds = ThresholdConfig()
-    rows: list[ModelRow] = []
-    for family in families:
-        for seed in seeds:
-            for condition in CONDITIONS:
-                torch.manual_seed(seed)
-                model = Net(FAMILIES[family])
-                seconds = 0.0
-                if condition == "saturated":
-                    saturate(model)
-                if condition != "untrained":
-                    wd = collapse_wd if condition == "collapsed" else HEALTHY_WD
-                    seconds = train(model, split, epochs, wd, seed)
-                model.eval()
-                with torch.no_grad():
-                    acc = float((model(split.x_test).argmax(1) == split.y_test).float().mean())
-                report = inspect_model(model, split.x_test, split.y_test, thresholds)
-                row = rows_from_report(family, condition, seed, acc, report, seconds)
-                rows.append(row)
-                log(f"{family:<18} {condition:<9} seed {seed}: accuracy {acc:.3f}, "
-                    f"trained {seconds:.1f} s; " + "; ".join(
-                        f"{b.name} std {b.min_std:.4f} eff {b.effect_const:.3f} "
-                        f"[{','.join(b.findings)}]" for b in row.blocks
-                        if b.min_std is not None and b.effect_const is not None))
-    return rows
+def plan(families: list[str], tasks: list[str], conditions: list[str],
+         seeds: int) -> list[tuple[str, str, str, int]]:
+    return [(t, f, c, s) for t in tasks for f in families for c in conditions
+            for s in range(seeds)]
+
+
+def run(todo: list[tuple[str, str, str, int]], epochs: int, n_train: int, n_test: int,
+        log: Callable[[str], None] = print,
+        save: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+    """Train and inspect every (task, family, condition, seed); `save` gets the records after
+    each model."""
+    splits: dict[str, Split] = {}
+    records = []
+    for task, family, condition, seed in todo:
+        if task not in splits:
+            splits[task] = load_task(task, n_train, n_test)
+        t0 = time.perf_counter()
+        rec = run_model(task, splits[task], family, condition, seed, epochs)
+        records.append(rec)
+        if save is not None:
+            save(records)
+        report = Report.from_dict(rec["report"])
+        log(f"{task:<8} {family:<14} {condition:<11} s{seed} acc {rec['accuracy']:.3f} "
+            f"{time.perf_counter() - t0:5.1f}s | " + "; ".join(
+                f"{rec['labels'][b.name][:4]} eff {rec['effects'][b.name]['rel_l2']:.2f}/"
+                f"{rec['effects'][b.name]['acc_drop']:+.2f} {b.status}"
+                f"[{','.join(sorted({f.code for f in b.findings}))}]" for b in report.blocks))
+    return records
+
+
+QUICK = dict(families=["coordatt", "cbam", "se"], tasks=["shapes"],
+             conditions=["healthy", "collapsed", "untrained", "saturated"], seeds=1)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
-    parser.add_argument("--seeds", type=int, default=1, help="seeds per family (default 1)")
-    parser.add_argument("--epochs", type=int, default=6, help="training epochs (default 6)")
-    parser.add_argument("--collapse-wd", type=float, default=2e-2,
-                        help="weight decay of the collapsed models (default 2e-2)")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--conditions", nargs="+", default=list(MODEL_CONDITIONS),
+                        choices=list(MODEL_CONDITIONS))
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per cell (default 1)")
+    parser.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
+    parser.add_argument("--train", type=int, default=1000, help="training images per task")
+    parser.add_argument("--test", type=int, default=400, help="test images per task")
+    parser.add_argument("--quick", action="store_true",
+                        help="a small subset (3 families, 1 task, 4 conditions)")
     parser.add_argument("--out", type=Path, default=DOC, help="page to update")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="save the raw records here (JSON), or read them with --rejudge")
+    parser.add_argument("--rejudge", action="store_true",
+                        help="rebuild the tables from --data with the current rules, no training")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    rows = run(args.families, list(range(args.seeds)), args.epochs, args.collapse_wd)
-    seconds = time.perf_counter() - t0
-    meta = {"families": len(args.families), "seeds": args.seeds, "epochs": args.epochs,
-            "collapse weight decay": f"{args.collapse_wd:g}", "models": len(rows),
-            "torch": torch.__version__, "threads": 1, "run time": f"{seconds:.0f} s"}
-    write_doc(build_section(rows, meta), args.out)
-    print(f"wrote {args.out}: {len(rows)} models in {seconds:.0f} s")
+    if args.rejudge:
+        if args.data is None:
+            parser.error("--rejudge needs --data")
+        saved = json.loads(args.data.read_text())
+        records, meta = saved["records"], saved["meta"]
+    else:
+        if args.quick:
+            args.families, args.tasks = QUICK["families"], QUICK["tasks"]
+            args.conditions, args.seeds = QUICK["conditions"], QUICK["seeds"]
+        todo = plan(args.families, args.tasks, args.conditions, args.seeds)
+        meta: dict[str, Any] = {"epochs": args.epochs, "train/test images":
+                                f"{args.train}/{args.test}", "seeds": args.seeds,
+                                "torch": torch.__version__, "threads": 1}
+        data = args.data
+
+        def save(records: list[dict[str, Any]], final: dict[str, Any] | None = None) -> None:
+            if data is not None:
+                now = final or {**meta, "models": len(records),
+                                "run time": f"{time.perf_counter() - t0:.0f} s"}
+                data.write_text(json.dumps({"meta": now, "records": records}))
+
+        records = run(todo, args.epochs, args.train, args.test, save=save)
+        meta.update({"models": len(records), "run time": f"{time.perf_counter() - t0:.0f} s"})
+        save(records, meta)
+    rows = rows_of(records, ThresholdConfig())
+    write_doc(build_section(records, rows, meta), args.out)
+    print(json.dumps(summary(rows)))
+    print(f"wrote {args.out}: {len(records)} models, {len(rows)} blocks in "
+          f"{time.perf_counter() - t0:.0f} s")
     return 0
 
 

@@ -34,3 +34,20 @@ def test_every_module_of_the_pipeline_is_named_in_the_doc() -> None:
         and m not in paths and not m.startswith("coordatt_diag/blocks/")
     )
     assert not unnamed, f"modules docs/architecture.md does not place: {unnamed}"
+
+
+def _doc_layers() -> list[set[str]]:
+    """The layer table's rows, bottom up, as sets of module names (coordatt_diag.x)."""
+    rows = re.findall(r"^\| \d+ [^|]+\| (.+?) \|", DOC, re.M)
+    return [{p.strip("`/").removesuffix(".py").replace("/", ".") for p in row.split(", ")}
+            for row in rows]
+
+
+def test_the_doc_table_is_the_import_linter_layers_contract() -> None:
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    contract = next(c for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "layers")
+    layers = [{m.strip() for m in layer.split("|")} for layer in reversed(contract["layers"])]
+    assert layers[0] == {"coordatt_diag.results", "coordatt_diag.errors"}  # under every layer
+    assert layers[1:] == _doc_layers()

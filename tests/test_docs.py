@@ -140,3 +140,15 @@ def test_code_block_runs(where: str, lang: str, code: str, scratch: Path) -> Non
         done = subprocess.run(cmd, cwd=scratch, env=env, capture_output=True, text=True,
                               timeout=300)
         assert done.returncode == 0, f"{where}: {shlex.join(cmd[1:])}\n{done.stderr[-3000:]}"
+
+
+def test_every_exit_code_is_documented() -> None:
+    """The README's table and docs/exit-codes.md list every code the CLI can return."""
+    from coordatt_diag.errors import EXIT_CODES
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "exit-codes.md").read_text()
+    readme_codes = set(re.findall(r"^\| (\d+) \|", README.split("## Exit codes", 1)[1]
+                                  .split("\n## ", 1)[0], re.M))
+    docs_codes = set(re.findall(r"^\| (\d+) \|", docs.split("## Outputs", 1)[0], re.M))
+    assert readme_codes == {str(c) for c in EXIT_CODES}
+    assert docs_codes == {str(c) for c in EXIT_CODES}

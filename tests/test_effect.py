@@ -307,7 +307,8 @@ def test_render_shows_effect_table() -> None:
     buf = io.StringIO()
     render(report, make_console(buf, width=160))
     text = buf.getvalue()
-    assert "Mask effect" in text and "25.0%" in text and "+12.5%" in text
+    # an accuracy drop of 12.5% reads as a change of -12.5%
+    assert "Mask effect" in text and "25.0%" in text and "-12.5%" in text
 
 
 @pytest.mark.parametrize("kind", ["short", "float", "missing", "garbage", "2d", "npy_short"])

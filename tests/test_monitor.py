@@ -133,9 +133,10 @@ def test_each_block_type_reports_its_monitor(validate_report) -> None:  # type: 
     assert plus["scale_clamp"]["count"] == 3 * 4 * C * 12 * 10
     assert "head_init_std" not in plus  # seed 001 heads: the 0.01 of the thresholds
 
-    # one CBAMChannelPlusCoord is one block: channel, a_h, a_w; its monitor has three parts
+    # one CBAMChannelPlusCoord is one block: the fusion router's branch weights (select),
+    # channel, a_h, a_w; its monitor has three parts
     cbam = report.block("4.att")
-    assert list(cbam.masks) == ["channel", "a_h", "a_w"]
+    assert list(cbam.masks) == ["select", "channel", "a_h", "a_w"]
     parts = _monitor(report, "4.att")
     assert set(parts) == {"", "ca", "coord"}
     assert parts[""]["alpha"] == pytest.approx(0.75) and parts[""]["r_ema"] == 1.0
@@ -442,7 +443,9 @@ def test_untrained_not_collapsed_and_collapsed_not_untrained() -> None:
     fresh = CBAMChannelPlusCoord(C)
     codes = _codes(fresh)
     assert "untrained" in codes and "near_constant" not in codes
-    assert "head weight std 0.01" in codes["untrained"][0].message
+    # the evidence is every weight tensor at its init (issue 19), the heads' declared normal(0.01)
+    assert "all 14 weight tensors" in codes["untrained"][0].message
+    assert "normal(0.01)" in codes["untrained"][0].message
     collapsed = copy.deepcopy(fresh)
     with torch.no_grad():
         for head in (collapsed.coord.h_attention_head, collapsed.coord.w_attention_head):
@@ -454,8 +457,10 @@ def test_untrained_not_collapsed_and_collapsed_not_untrained() -> None:
 def test_alpha_off_on_a_seed000_block() -> None:
     block = CoordinateAtt(C, alpha=0.01, learnable_alpha=True)
     assert [f.message for f in _codes(block)["alpha_off"]] == [
-        "alpha 0.0100 < 0.05: the block switched itself off (its scale is ~1, the output ~ its "
-        "input)"]
+        "alpha 0.0100, |alpha| < 0.05: the block switched itself off (its scale is ~1, the "
+        "output ~ its input)"]
+    # the magnitude decides (issue 19): a negative alpha scales the input up, it is not off
+    assert "alpha_off" not in _codes(CoordinateAtt(C, alpha=-0.7, learnable_alpha=True))
     assert "alpha_off" not in _codes(CoordinateAtt(C, alpha=0.5, learnable_alpha=True))
 
 
@@ -489,7 +494,7 @@ def test_inspect_cli_shows_the_monitor(runner, tmp_path: Path, validate_report) 
                                  "--imgsz", "16", "--batches", "1", "--json", str(out)],
                            catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "Seed block monitor" in result.stdout
+    assert "Block internals" in result.stdout
     assert "r_ema 1.000 (r_min 0.45, ratio_floor, monitor on) -> alpha_eff 0.750" in result.stdout
     assert "[untrained]" in result.stdout
     data = json.loads(out.read_text())

@@ -494,7 +494,8 @@ def _effect_cells(block: dict[str, Any]) -> list[list[str]]:
         drop = ab["accuracy_drop"]
         rows.append([label, f"{ab['rel_l2']:.1%}",
                      "-" if ab["top1_agreement"] is None else f"{ab['top1_agreement']:.1%}",
-                     "-" if drop is None else f"{drop:+.1%}"])
+                     # an accuracy drop shown as the change it is: negative
+                     "-" if drop is None else f"{-drop:+.1%}"])
     return rows
 
 
@@ -562,7 +563,7 @@ def test_effect_with_labels_and_from_json(tmp_path: Path, runner: CliRunner) -> 
     data = json.loads(saved.read_text())
     rows = _html_effect_rows(again / "index.html")
     assert len(rows) == sum(len(_effect_cells(b)) for b in data["blocks"])
-    assert all(re.fullmatch(r"[+-]\d+\.\d%", row[-1]) for row in rows)  # accuracy drop shown
+    assert all(re.fullmatch(r"[+-]\d+\.\d%", row[-1]) for row in rows)  # accuracy change shown
     accuracy = data["blocks"][0]["effect"]["accuracy"]
     assert f"accuracy without replacement {accuracy:.1%}" in (again / "report.md").read_text()
     a, b = (fresh / "index.html").read_text(), (again / "index.html").read_text()

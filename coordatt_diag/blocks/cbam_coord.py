@@ -384,6 +384,9 @@ class CoordinateAttPlus(nn.Module):
         self.h_attention_head = nn.Conv2d(mid, c, 1, bias=True)
         self.w_attention_head = nn.Conv2d(mid, c, 1, bias=True)
 
+        #: the init of the weights that do not keep PyTorch's default (read by the untrained check)
+        self.weight_init_std = {"h_attention_head.weight": float(head_init_std),
+                                "w_attention_head.weight": float(head_init_std)}
         for head in (self.h_attention_head, self.w_attention_head):
             nn.init.normal_(head.weight, mean=0.0, std=float(head_init_std))
             if head.bias is not None:

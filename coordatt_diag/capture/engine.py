@@ -1,41 +1,47 @@
 """Find attention blocks in a model and capture their masks from the outside.
 
-No model code is edited. A `torch.overrides.TorchFunctionMode` sees every torch call made while a
-watched module runs (functions, tensor methods and operators alike: `torch.sigmoid`, `.sigmoid()`,
-an `nn.Sigmoid` module, `F.hardsigmoid`, `nn.Hardsigmoid`, a hand-written `relu6(x + 3) / 6`) and
-follows the data flow inside each module call:
+No model code is edited. A `torch.overrides.TorchFunctionMode` sees every torch call (functions,
+tensor methods and operators alike: `torch.sigmoid`, `.sigmoid()`, an `nn.Sigmoid` module,
+`F.hardsigmoid`, a hand-written `relu6(x + 3) / 6`, `nn.Softmax(dim=1)`). Masks are defined by how
+they are *used*, not by where they are made:
 
-* a **gate output** is the result of a gate call (sigmoid, hard sigmoid, `relu6(.)/6`,
-  `clamp(., 0, 1)`) whose input is not just an elementwise function of the module's input (that
-  would be an activation such as swish, not attention);
-* gate outputs stay *gate-derived* through shape ops (permute, view, expand, split, ...), through
-  products with each other (a_h * a_w) and through blending with scalars and parameters
-  (`(1 - alpha) + alpha * att`, `1 + beta * (att - 1)`, clamps);
-* the module's input is *x-derived*, and so is every product of an x-derived tensor with a
-  gate-derived one (so CBAM's spatial gate, applied to the channel-gated input, is seen too);
-* a **mask** of a module is a gate output that reaches such a product. It is captured as the gate
-  computed it (before any alpha/beta blending), never recomputed.
+* a **gate** is a call whose output is a weighting: sigmoid, hard sigmoid in its spellings
+  (`hardsigmoid`, `relu6(.) / 6`, `relu6(.) * (1/6)`, `hardtanh(., 0, 6) / 6`, `clamp(., 0, 6) / 6`),
+  `clamp(., 0, 1)`, `hardtanh(., 0, 1)`, `softmax`, `1 + tanh(.)`;
+* gate outputs stay *gate-derived* through shape ops (view, permute, split, indexing, cat, ...),
+  products with each other (a_h * a_w), blending with constants and parameters
+  (`(1 - alpha) + alpha * att`) and resampling (pooling, interpolation); for every gate-derived
+  tensor a parallel index tensor follows which gate element sits where;
+* a **mask** is a gate whose output reaches an elementwise product with a **feature tensor** of the
+  same sample (anything with a batch axis that is not itself gate-derived: the module input, a
+  child's output, a branch, a grouped view `(B*G, C/G, H, W)`). A gate computed from an
+  elementwise function of the very tensor it weights is an activation (SiLU, h_swish), and a
+  softmax consumed by a matrix product (token self-attention) never reaches such a product;
+* a mask's **kind** comes from how it broadcasts against the tensor it multiplies, in that tensor's
+  layout (regrouped to `(B, C, H, W)` when the batch was split into groups): `a_h` (varies along
+  C and H), `a_w` (C, W), `a_hw` (C, H, W), `channel` (C), `spatial` (H, W; per group when
+  grouped), `select` (weights across a branch axis: SK/EPSA `(B, M, C, 1, 1)` against stacked
+  branches, or one gate whose slices weight different branches, LSK), `other` (anything else);
+* a **block** is the smallest module whose call contains both the gate and the product it drives
+  (a residual block doing `out = self.ca(out) * out`; a parent doing `x * self.se(x)`). A parent
+  whose children are attention blocks plus parameter-free glue is one block holding them all
+  (CBAM = channel gate then spatial gate; Triplet attention's three branches); each mask names
+  the part it comes from.
 
-Masks are named by their shape relative to the module input (B, C, H, W): `a_h` (B,C,H,1),
-`a_w` (B,C,1,W) (or (B,C,W,1) later permuted), `a_hw` (B,C,H,W), `channel` (B,C,1,1) or (B,C),
-`spatial` (B,1,H,W).
-
-A *block* is a module with masks and parameters whose direct children with masks are not all
-there is to it: a parent made only of attention children plus parameter-free glue (CBAM = channel
-then spatial; `x + alpha * (att(x) - x)`) is one block holding all their parts, while a stage that
-also holds other layers (an inverted residual, a YOLO C2f) is not a block, and its attention child
-is.
-
-`discover_blocks` runs one traced forward pass over every module to find the blocks;
-`MaskCapture` is the context manager that then watches only those blocks on every batch, hands each
-block's masks, input and output to a callback, and removes every hook and restores the model's
-train/eval flags when it exits, also after an exception.
+`discover_blocks` runs one traced forward pass to find the blocks and, for each mask, which gate
+call of the block's call it is and how to lay its values out. `MaskCapture` then watches only those
+blocks, batch after batch: inside a block it only counts gate calls and keeps the ones that are
+masks (the gate's own output, exact, never recomputed), hands each block's masks, input and output
+to a callback, and removes every hook and restores the model's train/eval flags when it exits,
+also after an exception.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,85 +50,64 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-_GATES = {"sigmoid", "sigmoid_", "hardsigmoid", "hardsigmoid_"}
+#: Batch size of the discovery pass: odd and larger than the usual number of branches (2-4), so
+#: that a batch axis is not mistaken for a branch axis.
+DISCOVERY_BATCH = 5
+
+_SIGMOIDS = {"sigmoid": "sigmoid", "sigmoid_": "sigmoid", "hardsigmoid": "hardsigmoid",
+             "hardsigmoid_": "hardsigmoid"}
+_SOFTMAX = {"softmax"}
 _RELU6 = {"relu6", "relu6_"}
 _HARDTANH = {"hardtanh", "hardtanh_"}
 _CLAMPS = {"clamp", "clamp_", "clip", "clip_"}
+_TANH = {"tanh", "tanh_"}
 _MULS = {"mul", "mul_", "__mul__", "__rmul__", "__imul__", "multiply"}
 _DIVS = {"div", "div_", "__truediv__", "__itruediv__", "true_divide"}
-_ADDS = {"add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__", "__rsub__",
-         "__isub__", "rsub", "subtract"}
-_SHAPE_OPS = {
+_PLUS = {"add", "add_", "__add__", "__radd__", "__iadd__"}
+_ADDS = _PLUS | {"sub", "sub_", "__sub__", "__rsub__", "__isub__", "rsub", "subtract"}
+#: every op the gate detector looks at; anything else passes at the cost of one set lookup
+_EVENT_OPS = (set(_SIGMOIDS) | _SOFTMAX | _RELU6 | _HARDTANH | _CLAMPS | _TANH | _MULS | _DIVS
+              | _PLUS)
+_KEEP_IDX = {  # dtype/device/copy ops: the index tensor stays as it is
+    "contiguous", "clone", "detach", "detach_", "to", "float", "double", "half", "bfloat16",
+    "type", "type_as", "cpu", "cuda", "requires_grad_",
+}
+_SHAPE_OPS = _KEEP_IDX | {
     "permute", "transpose", "transpose_", "swapaxes", "swapdims", "view", "view_as", "reshape",
-    "reshape_as", "expand", "expand_as", "broadcast_to", "contiguous", "clone", "detach", "to",
-    "float", "double", "half", "bfloat16", "type", "type_as", "unsqueeze", "squeeze", "flatten",
+    "reshape_as", "expand", "expand_as", "broadcast_to", "unsqueeze", "squeeze", "flatten",
     "unflatten", "repeat", "movedim", "moveaxis", "split", "chunk", "tensor_split", "unbind",
-    "__getitem__", "narrow", "select", "mT", "t", "squeeze_", "unsqueeze_", "detach_",
+    "__getitem__", "narrow", "select", "mT", "t", "squeeze_", "unsqueeze_", "roll", "flip",
+    "split_with_sizes", "repeat_interleave", "tile",
 }
-_SCALE_OPS = _ADDS | _MULS | _DIVS | _CLAMPS | {"neg", "__neg__", "clamp_min", "clamp_max",
-                                                "maximum", "minimum", "pow", "__pow__"}
-_STARTERS = _GATES | _RELU6 | _HARDTANH | _CLAMPS
-_ELEMENTWISE = _SCALE_OPS | _GATES | _RELU6 | _HARDTANH | {
-    "abs", "exp", "log", "tanh", "relu", "relu_", "silu", "gelu", "sqrt", "square", "rsqrt",
-    "__abs__", "leaky_relu", "elu", "hardswish", "mish", "softplus", "sign", "erf",
+_JOIN = {"cat", "concat", "concatenate", "stack"}
+_RESAMPLE = {
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool1d",
+    "avg_pool2d", "max_pool2d", "interpolate", "upsample", "upsample_nearest2d",
+    "upsample_bilinear2d", "pixel_shuffle", "pixel_unshuffle",
 }
+_SCALE_OPS = _ADDS | _MULS | _DIVS | _CLAMPS | {
+    "neg", "__neg__", "clamp_min", "clamp_max", "maximum", "minimum", "pow", "__pow__", "abs",
+    "sqrt", "square", "relu", "relu_", "where", "lerp", "masked_fill", "nan_to_num",
+}
+_ELEMENTWISE = _SCALE_OPS | set(_SIGMOIDS) | _RELU6 | _HARDTANH | _TANH | {
+    "exp", "log", "rsqrt", "__abs__", "leaky_relu", "elu", "gelu", "silu", "hardswish", "mish",
+    "softplus", "sign", "erf", "relu6", "dropout",
+}
+_REDUCE = {"sum", "mean", "amax", "amin", "max", "min", "logsumexp"}
+
+_NAMES: dict[Any, str] = {}
 
 
 def _op_name(func: Any) -> str:
-    name = getattr(func, "__name__", None)
-    if name is None:  # properties such as Tensor.mT arrive as their getter
-        name = getattr(getattr(func, "fget", None), "__name__", "")
-    return str(name)
-
-
-@dataclass
-class _Tag:
-    """What a tensor seen inside a watched module call is made of."""
-
-    gates: dict[int, bool] | None = None  # gate index -> transposed (last two dims swapped)
-    x: bool = False  # the module input, or a product of it with masks
-    pointwise: bool = False  # an elementwise function of the module input alone
-    relu6: bool = False  # relu6(.) of something: becomes a hard-sigmoid gate when divided by 6
-    blended: bool = False  # a gate-derived tensor mixed with a nonzero constant
-
-
-@dataclass
-class _Frame:
-    """One call of one watched module."""
-
-    name: str
-    module: nn.Module
-    x: torch.Tensor | None
-    tags: dict[int, _Tag] = field(default_factory=dict)
-    refs: list[torch.Tensor] = field(default_factory=list)  # keeps ids unique while the call runs
-    masks: dict[int, bool] = field(default_factory=dict)  # gate index -> transposed at use
-    ordinals: dict[int, int] = field(default_factory=dict)  # gate index -> n-th gate of this call
-    n_gates: int = 0
-    blended: bool = False
-    entered: Any = None  # what MaskCapture's on_enter returned for this call
-    # gates are shared by all frames of one forward pass (a gate belongs to every enclosing call)
-
-    def tag(self, t: torch.Tensor) -> _Tag | None:
-        return self.tags.get(id(t))
-
-    def set(self, t: torch.Tensor, tag: _Tag) -> None:
-        if id(t) not in self.tags:
-            self.refs.append(t)
-        self.tags[id(t)] = tag
-
-
-@dataclass
-class GateOutput:
-    """A gate call's output seen during a forward pass."""
-
-    tensor: torch.Tensor
-    op: str
-    activation: bool = False  # an activation (swish-like) inside some module, not a mask
-
-
-#: Called with (block name, n-th gate output of the block's call, the gate output); a tensor it
-#: returns replaces the gate output in the forward pass (mask ablation), None keeps it.
-Replace = Callable[[str, int, torch.Tensor], "torch.Tensor | None"]
+    name = _NAMES.get(func)
+    if name is None:
+        name = getattr(func, "__name__", None)
+        if name is None:  # properties such as Tensor.mT arrive as their getter
+            name = getattr(getattr(func, "fget", None), "__name__", "")
+        name = str(name)
+        with contextlib.suppress(TypeError):  # unhashable callables are not cached
+            _NAMES[func] = name
+    return name
 
 
 def _tensors_in(obj: Any) -> list[torch.Tensor]:
@@ -144,224 +129,118 @@ def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -
     return None
 
 
-def _scalar_value(a: Any, exact: bool) -> float | None:
-    """The value of a Python number or one-element tensor, None when it is not a scalar.
-
-    Reading a tensor's value synchronises with its device, so it happens only while discovering.
-    """
-    if isinstance(a, bool):
+def _number(a: Any) -> float | None:
+    """A Python number's value (tensors are never read: that would synchronise a device)."""
+    if isinstance(a, (bool, int, float)):
         return float(a)
-    if isinstance(a, (int, float)):
-        return float(a)
-    if isinstance(a, torch.Tensor) and a.numel() == 1:
-        return float(a.detach().reshape(()).item()) if exact else math.nan
     return None
+
+
+def _bounds(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    if name in _HARDTANH:
+        lo = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
+        hi = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
+    else:
+        lo = args[1] if len(args) > 1 else kwargs.get("min")
+        hi = args[2] if len(args) > 2 else kwargs.get("max")
+    return _number(lo), _number(hi)
+
+
+class _Gates:
+    """Recognises gate calls, the same way while discovering and while watching.
+
+    `event` returns the gate's label when `out` is a fresh gate output, else None. Two-step
+    spellings (`relu6(.) / 6`, `1 + tanh(.)`) keep their first step in a short list of pending
+    tensors (strong references, at most four, so nothing large is kept for long).
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[torch.Tensor, str, torch.Tensor | None]] = []
+        self.source: torch.Tensor | None = None  # input of the first step of the last event
+
+    def _pend(self, out: Any, kind: str, src: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            self.pending.append((out, kind, src if isinstance(src, torch.Tensor) else None))
+            if len(self.pending) > 4:
+                del self.pending[0]
+
+    def _take(self, t: Any, kind: str) -> bool:
+        for i, (p, k, src) in enumerate(self.pending):
+            if p is t and k == kind:
+                self.source = src
+                del self.pending[i]
+                return True
+        return False
+
+    def event(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> str | None:
+        if name not in _EVENT_OPS or not args:
+            return None
+        a0 = args[0]
+        if name in _SIGMOIDS:
+            self.source = a0 if isinstance(a0, torch.Tensor) else None
+            return _SIGMOIDS[name]
+        if name in _SOFTMAX:
+            self.source = None
+            return "softmax"
+        if name in _RELU6:
+            self._pend(out, "relu6", a0)
+            return None
+        if name in _HARDTANH or name in _CLAMPS:
+            lo, hi = _bounds(name, args, kwargs)
+            if (lo, hi) == (0.0, 6.0):
+                self._pend(out, "relu6", a0)
+            elif (lo, hi) == (0.0, 1.0):
+                self.source = a0 if isinstance(a0, torch.Tensor) else None
+                return "clamp01"
+            return None
+        if name in _TANH:
+            self._pend(out, "tanh", a0)
+            return None
+        if not self.pending or len(args) < 2:
+            return None
+        a1 = args[1]
+        if name in _DIVS:
+            if _number(a1) == 6.0 and self._take(a0, "relu6"):
+                return "hardsigmoid"
+            return None
+        if name in _MULS:
+            for t, s in ((a0, a1), (a1, a0)):
+                v = _number(s)
+                if v is not None and abs(v - 1 / 6) < 1e-6 and self._take(t, "relu6"):
+                    return "hardsigmoid"
+            return None
+        # add: 1 + tanh(.)
+        for t, s in ((a0, a1), (a1, a0)):
+            if _number(s) == 1.0 and self._take(t, "tanh"):
+                return "1+tanh"
+        return None
 
 
 def _is_batchless(t: torch.Tensor, batch: int) -> bool:
     """A tensor that does not vary per sample: a parameter, a buffer, a scalar, a (1,C,1,1) gain."""
-    return t.numel() == 1 or t.dim() < 2 or t.shape[0] != batch or isinstance(t, nn.Parameter)
+    return (t.numel() == 1 or t.dim() < 2 or isinstance(t, nn.Parameter)
+            or (t.shape[0] % batch != 0 and (t.dim() < 2 or t.shape[1] != batch)))
 
 
-def _flips_last_two(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    if name in ("mT",):
-        return True
-    if name == "t":
-        return True
-    src = args[0] if args and isinstance(args[0], torch.Tensor) else None
-    if src is None or src.dim() < 2:
-        return False
-    nd = src.dim()
-    if name == "permute":
-        dims = args[1:] if len(args) > 2 else (args[1] if len(args) > 1 else kwargs.get("dims", ()))
-        dims = tuple(int(d) % nd for d in dims)  # type: ignore[union-attr]
-        return len(dims) == nd and dims[-2:] == (nd - 1, nd - 2) and dims[:-2] == tuple(range(nd - 2))
-    if name in ("transpose", "transpose_", "swapaxes", "swapdims"):
-        rest = list(args[1:3]) + [kwargs.get(k) for k in ("dim0", "dim1") if k in kwargs]
-        if len(rest) < 2:
-            return False
-        pair = {int(rest[0]) % nd, int(rest[1]) % nd}
-        return pair == {nd - 1, nd - 2}
-    return False
-
-
-class _Tracer(TorchFunctionMode):
-    """Follows gates, masks and the module input through every torch call of the open frames."""
-
-    def __init__(self, exact_scalars: bool, replace: Replace | None = None) -> None:
-        super().__init__()
-        self.frames: list[_Frame] = []
-        self.gates: list[GateOutput] = []
-        self.exact_scalars = exact_scalars
-        self.replace = replace
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if self.frames:
-            out = self._follow(_op_name(func), args, kwargs, out)
-        return out
-
-    def _follow(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Any:
-        arg_tensors = _tensors_in(args) + _tensors_in(list(kwargs.values()))
-        outs = _tensors_in(out)
-        if not outs:
-            return out
-        gate_index: int | None = None
-        activation = False
-        for frame in self.frames:
-            tags = [frame.tag(t) for t in arg_tensors]
-            if not any(tags) and name not in _STARTERS:
-                continue
-            new = self._new_tag(frame, name, args, kwargs, arg_tensors, tags, outs[0])
-            if new is None:
-                continue
-            if frame is self.frames[-1] and new.pointwise and new.gates is None:
-                activation = True
-            if new.gates is not None and new.gates == {-1: False}:  # a fresh gate output
-                ordinal = frame.n_gates
-                frame.n_gates += 1
-                if (self.replace is not None and frame is self.frames[0]
-                        and isinstance(out, torch.Tensor)):
-                    swapped = self.replace(frame.name, ordinal, out)
-                    if swapped is not None:
-                        out = swapped
-                        outs = [swapped]
-                if gate_index is None:
-                    gate_index = len(self.gates)
-                    self.gates.append(GateOutput(outs[0], name))
-                frame.ordinals[gate_index] = ordinal
-                new.gates = {gate_index: False}
-            for o in outs:
-                frame.set(o, new)
-        if gate_index is not None and activation:
-            # the innermost module computed it from its own input alone: swish, h_swish
-            self.gates[gate_index].activation = True
-        return out
-
-    def _new_tag(
-        self,
-        frame: _Frame,
-        name: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        arg_tensors: list[torch.Tensor],
-        tags: list[_Tag | None],
-        out: torch.Tensor,
-    ) -> _Tag | None:
-        first = tags[0] if tags else None
-        batch = frame.x.shape[0] if frame.x is not None and frame.x.dim() > 0 else -1
-        all_pointwise = bool(tags) and all(
-            (t is not None and t.pointwise) or _is_batchless(a, batch)
-            for a, t in zip(arg_tensors, tags, strict=False)
-        )
-        pointwise = (
-            name in _ELEMENTWISE
-            and all_pointwise
-            and frame.x is not None
-            and out.shape == frame.x.shape
-        )
-
-        # Gate calls start a new gate output, unless their input is the module input itself
-        # (x * sigmoid(x) is swish, an activation, not attention).
-        if name in _GATES and not (first is not None and first.gates is not None):
-            if first is not None and first.pointwise:
-                return _Tag(pointwise=pointwise)
-            return _Tag(gates={-1: False})
-        if name in _RELU6 or (name in _HARDTANH and _hardtanh_is_relu6(args, kwargs)):
-            if first is not None and first.pointwise:
-                return _Tag(pointwise=pointwise)
-            return _Tag(relu6=True)
-        if name in _CLAMPS and (first is None or first.gates is None):
-            lo, hi = _clamp_bounds(args, kwargs)
-            if (lo, hi) == (0.0, 6.0):
-                return None if first is not None and first.pointwise else _Tag(relu6=True)
-            if (lo, hi) == (0.0, 1.0) and not (first is not None and first.pointwise):
-                return _Tag(gates={-1: False})
-            return _Tag(pointwise=pointwise) if pointwise else None
-        if first is not None and first.relu6 and len(args) > 1:
-            v = _scalar_value(args[1], exact=True)
-            if (name in _DIVS and v == 6.0) or (name in _MULS and v is not None
-                                                and abs(v - 1 / 6) < 1e-6):
-                return _Tag(gates={-1: False})
-
-        gate_tags = [t for t in tags if t is not None and t.gates is not None]
-        x_args = [a for a, t in zip(arg_tensors, tags, strict=False) if t is not None and t.x]
-
-        # x * mask: record the masks, the product is x-derived.
-        if name in _MULS and x_args and gate_tags and len(arg_tensors) == 2:
-            mask_tag = next((t for t in gate_tags if not t.x), None)
-            if mask_tag is not None and mask_tag.gates is not None:
-                for g, transposed in mask_tag.gates.items():
-                    frame.masks[g] = transposed
-                frame.blended = frame.blended or mask_tag.blended
-                return _Tag(x=True)
-
-        if name in _SHAPE_OPS and first is not None:
-            gates = first.gates
-            if gates is not None and _flips_last_two(name, args, kwargs):
-                gates = {g: not tr for g, tr in gates.items()}
-            return _Tag(gates=gates, x=first.x, pointwise=first.pointwise and out.shape == (
-                frame.x.shape if frame.x is not None else None), blended=first.blended)
-
-        if gate_tags and name in _SCALE_OPS:
-            others_ok = all(
-                (t is not None and t.gates is not None) or _is_batchless(a, batch)
-                for a, t in zip(arg_tensors, tags, strict=False)
-            )
-            if others_ok:
-                union: dict[int, bool] = {}
-                blended = any(t.blended for t in gate_tags)
-                for t in gate_tags:
-                    union.update(t.gates or {})
-                if name in _ADDS:
-                    blended = blended or self._adds_constant(args, kwargs, tags)
-                return _Tag(gates=union, blended=blended)
-        if pointwise:
-            return _Tag(pointwise=True)
-        return None
-
-    def _adds_constant(self, args: tuple[Any, ...], kwargs: dict[str, Any],
-                       tags: list[_Tag | None]) -> bool:
-        """Whether an add/sub mixes a gate-derived tensor with a nonzero constant."""
-        tensor_tags = iter(tags)
-        for a in list(args) + list(kwargs.values()):
-            if not isinstance(a, torch.Tensor):
-                v = _scalar_value(a, exact=True)
-                if v is not None and v != 0.0:
-                    return True
-                continue
-            tag = next(tensor_tags, None)
-            if tag is not None and tag.gates is not None:
-                continue
-            # a one-element tensor (1 - alpha) is read while discovering; nan (unknown) and a
-            # per-channel constant count as nonzero
-            v = _scalar_value(a, exact=self.exact_scalars)
-            if v is None or v != 0.0:
-                return True
-        return False
-
-
-def _hardtanh_is_relu6(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    lo = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
-    hi = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
-    return float(lo) == 0.0 and float(hi) == 6.0
-
-
-def _clamp_bounds(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[float | None, float | None]:
-    lo = args[1] if len(args) > 1 else kwargs.get("min")
-    hi = args[2] if len(args) > 2 else kwargs.get("max")
-    lo_v = _scalar_value(lo, exact=True) if lo is not None else None
-    hi_v = _scalar_value(hi, exact=True) if hi is not None else None
-    return lo_v, hi_v
+def _batch_axis(t: torch.Tensor | torch.Size, batch: int) -> int | None:
+    shape = t.shape if isinstance(t, torch.Tensor) else t
+    if len(shape) >= 1 and shape[0] % batch == 0 and shape[0] > 0:
+        return 0
+    if len(shape) >= 2 and shape[1] == batch:
+        return 1
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
-# Mask naming
+# Mask naming and layout
 
 
 def classify_mask(shape: torch.Size, transposed: bool, x_shape: torch.Size) -> str | None:
-    """Name a gate output by its shape relative to the block input, or None if it is no mask."""
+    """Name a gate output by its own shape relative to a block input, or None if it is no mask.
+
+    Used for blocks named by `--blocks` that the search did not select, where no product tells
+    how the gate is used.
+    """
     if len(x_shape) != 4 or len(shape) == 0:
         return None
     b, c, h, w = x_shape
@@ -390,21 +269,18 @@ def classify_mask(shape: torch.Size, transposed: bool, x_shape: torch.Size) -> s
     return None
 
 
+def _canonical_shape(kind: str, x_shape: torch.Size) -> tuple[int, int, int]:
+    _, c, h, w = x_shape
+    return {"a_h": (c, h, 1), "a_w": (c, 1, w), "a_hw": (c, h, w), "channel": (c, 1, 1),
+            "spatial": (1, h, w)}[kind]
+
+
 def canonical(mask: torch.Tensor, kind: str, transposed: bool, x_shape: torch.Size) -> torch.Tensor:
-    """The mask as (B, C, H, W)-style 4-D tensor in the canonical layout of its kind."""
-    b, c, h, w = x_shape
+    """A mask as a (B, C, H, W)-style 4-D tensor in the canonical layout of its kind."""
     m = mask
     if transposed and m.dim() >= 2:
         m = m.transpose(-1, -2)
-    if kind == "a_h":
-        return m.reshape(b, c, h, 1)
-    if kind == "a_w":
-        return m.reshape(b, c, 1, w)
-    if kind == "a_hw":
-        return m.reshape(b, c, h, w)
-    if kind == "channel":
-        return m.reshape(b, c, 1, 1)
-    return m.reshape(b, 1, h, w)
+    return m.reshape(x_shape[0], *_canonical_shape(kind, x_shape))
 
 
 def block_kind(mask_kinds: list[str]) -> str:
@@ -423,19 +299,59 @@ def block_kind(mask_kinds: list[str]) -> str:
         return "channel"
     if "spatial" in kinds:
         return "spatial"
+    if "select" in kinds:
+        return "select"
     return "other"
-
-
-# ---------------------------------------------------------------------------------------------
-# Discovery
 
 
 @dataclass(frozen=True)
 class MaskSite:
-    """One mask of a block: which gate call (in call order within the block) and its kind."""
+    """How one mask is read from its gate's output on every batch.
+
+    Attributes:
+        kind: a_h, a_w, a_hw, channel, spatial, select or other.
+        op: the gate (sigmoid, hardsigmoid, softmax, clamp01, 1+tanh).
+        gate: which gate call of the block's call it is (0 = the first).
+        part: the child (path relative to the block) the gate belongs to; '' for the block itself.
+        batch_axis: the gate output's batch axis (0, or 1 for a (branches, B, ...) layout).
+        shape: the canonical per-sample shape (3 numbers); the mask is (B, *shape).
+        index: per-sample positions of the gate output to take, in canonical order; None when
+            the gate output, batch axis first, already is in canonical order.
+        follow: the block input's (H, W) at discovery where the mask's H (W) follows the
+            input's, 0 where it does not (so other input sizes lay out right).
+    """
 
     kind: str
     op: str
+    gate: int = 0
+    part: str = ""
+    batch_axis: int = 0
+    shape: tuple[int, int, int] = (1, 1, 1)
+    index: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    follow: tuple[int, int] = (0, 0)
+
+    def read(self, gate: torch.Tensor, batch: int, hw: tuple[int, int] | None = None,
+             index: torch.Tensor | None = None) -> torch.Tensor:
+        """The mask as (batch, C, H, W)-style tensor from one gate output (a view unless an index
+        is needed). `hw` is the block input's (H, W) in this call: a mask whose H or W follows
+        the input's (`follow` holds the input's H and W at discovery, 0 where fixed) is laid out
+        at this call's size. `index` is `self.index` on the gate's device (the caller's copy).
+        """
+        g = gate.movedim(self.batch_axis, 0) if self.batch_axis else gate
+        if self.index is not None:
+            idx = self.index if index is None else index
+            return g.reshape(batch, -1)[:, idx].reshape(batch, *self.shape)
+        c, h, w = self.shape
+        if hw is not None:
+            if self.follow[0]:
+                h = hw[0] * h // self.follow[0]
+            if self.follow[1]:
+                w = hw[1] * w // self.follow[1]
+        if self.kind == "select":
+            c = -1
+        elif self.kind == "other":
+            h = -1
+        return g.reshape(batch, c, h, w)
 
 
 @dataclass(frozen=True)
@@ -447,11 +363,15 @@ class BlockSpec:
         type: class name.
         kind: block family from its masks.
         masks: mask names in the order the block computed them.
-        identity_path: the block keeps part of its input unscaled.
+        identity_path: the block keeps part of its input unscaled (its output is not a product
+            of masks, or a mask is blended with a constant).
         feature: [C, H, W] of its input.
         forced: named by `--blocks` although the automatic search did not select it.
         mask_gates: for each mask, which gate output of the block's call it is (0 = the first
             gate the call computes), so a mask can be replaced in later passes (`Replace`).
+        sites: for each mask, how it is read (`MaskSite`).
+        input_arg: which argument is the block input: a position, or a keyword (Attention
+            U-Net's `att(g=..., x=...)`): the one the masks weight when it is an argument.
     """
 
     name: str
@@ -462,20 +382,18 @@ class BlockSpec:
     feature: tuple[int, ...]
     forced: bool = False
     mask_gates: tuple[int, ...] = ()
+    sites: tuple[MaskSite, ...] = ()
+    input_arg: int | str = 0
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """For each mask, the child of the block it comes from ('' for the block itself)."""
+        return tuple(s.part for s in self.sites)
 
 
-@dataclass
-class _Observed:
-    masks: list[tuple[str, str]] = field(default_factory=list)  # (kind, op) per used gate
-    ordinals: list[int] = field(default_factory=list)  # n-th gate of the call, per mask
-    all_gates: list[tuple[str, str]] = field(default_factory=list)  # classifiable gates inside
-    blended: bool = False
-    residual: bool = False
-    feature: tuple[int, ...] = ()
-
-
-def _has_params(module: nn.Module) -> bool:
-    return any(True for _ in module.parameters())
+#: Called with (block name, n-th gate output of the block's call, the gate output); a tensor it
+#: returns replaces the gate output in the forward pass (mask ablation), None keeps it.
+Replace = Callable[[str, int, torch.Tensor], "torch.Tensor | None"]
 
 
 def _mask_names(kinds: list[str]) -> tuple[str, ...]:
@@ -488,13 +406,437 @@ def _mask_names(kinds: list[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
-class _DiscoveryHooks:
-    """Opens a frame for every module call during one traced forward pass."""
+def _input_of(args: tuple[Any, ...], kwargs: dict[str, Any], key: int | str) -> torch.Tensor | None:
+    if isinstance(key, str):
+        t = kwargs.get(key)
+        return t if isinstance(t, torch.Tensor) else _first_tensor(args, kwargs)
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if key < len(tensors):
+        return tensors[key]
+    return _first_tensor(args, kwargs)
 
-    def __init__(self, model: nn.Module, tracer: _Tracer) -> None:
+
+# ---------------------------------------------------------------------------------------------
+# Discovery
+
+
+@dataclass
+class _Tag:
+    """What a tensor seen during the discovery pass is made of."""
+
+    # gate index -> for each element, its position in that gate's output (-1: not from it);
+    # None where the gate was resampled (pooled, interpolated) and positions are not followed
+    gates: dict[int, torch.Tensor | None] | None = None
+    root: int | None = None  # token of the tensor this one is an elementwise function of
+    serial: int = -1  # the oldest mask product on any path into this tensor (-1: none)
+    blended: bool = False  # a gate-derived tensor mixed with a nonzero constant
+
+
+@dataclass(eq=False)
+class _Call:
+    """One module call of the discovery pass."""
+
+    name: str
+    module: nn.Module
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    first_event: int
+    serial0: int
+    inputs: dict[int | str, tuple[int, ...]] = field(default_factory=dict)
+    gated_out: bool = False
+
+
+@dataclass(eq=False)
+class _Use:
+    """One product of a gate output with a feature tensor."""
+
+    kind: str
+    shape: tuple[int, int, int]
+    local: torch.Tensor | None  # per-sample positions in canonical order; None: as laid out
+    stack: tuple[_Call, ...]
+    blended: bool
+    keys: dict[int, int | str]  # id(call) -> which of its arguments the feature tensor is
+    arg_of: set[str] = field(default_factory=set)  # modules whose call got the feature tensor
+    fhw: tuple[int, int] | None = None  # (H, W) of the feature tensor when it is 4-D
+
+
+@dataclass(eq=False)
+class _GateRec:
+    op: str
+    shape: tuple[int, ...]
+    stack: tuple[_Call, ...]
+    event: int
+    source: int | None  # root token of the gate's input
+    batch_axis: int | None
+    activation: bool = False
+    uses: list[_Use] = field(default_factory=list)
+
+
+def _common(a: tuple[_Call, ...], b: tuple[_Call, ...]) -> tuple[_Call, ...]:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x is not y:
+            break
+        n += 1
+    return a[:n]
+
+
+class _Discovery(TorchFunctionMode):
+    """Follows gates, their positions and feature tensors through every torch call of one pass."""
+
+    def __init__(self, batch: int) -> None:
+        super().__init__()
+        self.batch = batch
+        self.detector = _Gates()
+        self.tags: dict[int, tuple[Any, _Tag]] = {}
+        self.gates: list[_GateRec] = []
+        self.stack: list[_Call] = []
+        self.calls: list[_Call] = []
+        self.n_events = 0
+        self.serial = 0
+        self.next_root = 0
+
+    # -- tags, by identity, without keeping tensors alive
+    def get(self, t: Any) -> _Tag | None:
+        e = self.tags.get(id(t))
+        if e is None or e[0]() is not t:
+            return None
+        return e[1]
+
+    def put(self, t: torch.Tensor, tag: _Tag) -> None:
+        key = id(t)
+        tags = self.tags
+
+        def drop(ref: Any, key: int = key) -> None:
+            e = tags.get(key)
+            if e is not None and e[0] is ref:
+                del tags[key]
+
+        tags[key] = (weakref.ref(t, drop), tag)
+
+    def root_of(self, t: torch.Tensor) -> int:
+        """A token for the tensor `t` is an elementwise function of (itself when none), stable for
+        the whole pass (tensors die and their ids are reused; tokens are not)."""
+        tag = self.get(t)
+        if tag is not None and tag.root is not None:
+            return tag.root
+        self.next_root += 1
+        if tag is None:
+            self.put(t, _Tag(root=self.next_root))
+        else:
+            tag.root = self.next_root
+        return self.next_root
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.stack:
+            self._follow(func, _op_name(func), args, kwargs, out)
+        return out
+
+    def _follow(self, func: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                out: Any) -> None:
+        ev = self.detector.event(name, args, kwargs, out)
+        outs = _tensors_in(out)
+        if not outs:
+            return
+        out0 = outs[0]
+        if ev is not None:
+            self._gate(ev, out0)
+            return
+        arg_t = _tensors_in(args) + _tensors_in(list(kwargs.values()))
+        tags = [self.get(a) for a in arg_t]
+        b = self.batch
+        if any(t is not None and t.gates is not None for t in tags):
+            self._follow_gates(func, name, args, kwargs, arg_t, tags, outs)
+            return
+        feats = [(a, t) for a, t in zip(arg_t, tags, strict=False) if not _is_batchless(a, b)]
+        if not feats:
+            return
+        serials = [t.serial if t is not None else -1 for _, t in feats]
+        serial = max(serials) if name in _MULS else min(serials)
+        root = None
+        if (name in _ELEMENTWISE or name in _KEEP_IDX) \
+                and all(a.shape == out0.shape for a, _ in feats):
+            # an elementwise function of one tensor (x + 0.044715 * x ** 3 too): same root
+            roots = {self.root_of(a) for a, _ in feats}
+            if len(roots) == 1:
+                root = roots.pop()
+        for o in outs:  # an in-place op on a tagged tensor replaces its tag
+            if serial >= 0 or root is not None or self.get(o) is not None:
+                self.put(o, _Tag(root=root, serial=serial))
+
+    def _gate(self, op: str, g: torch.Tensor) -> None:
+        src = self.detector.source
+        axis = _batch_axis(g, self.batch) if g.dim() else None
+        rec = _GateRec(op=op, shape=tuple(g.shape), stack=tuple(self.stack), event=self.n_events,
+                       source=self.root_of(src) if src is not None else None,
+                       batch_axis=axis)
+        self.n_events += 1
+        index = len(self.gates)
+        self.gates.append(rec)
+        if axis is None:  # computed from parameters alone: a constant for every sample
+            return
+        positions = torch.arange(g.numel(), device=g.device).view(g.shape)
+        self.put(g, _Tag(gates={index: positions}))
+
+    def _follow_gates(self, func: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                      arg_t: list[torch.Tensor], tags: list[_Tag | None],
+                      outs: list[torch.Tensor]) -> None:
+        out0 = outs[0]
+        b = self.batch
+        is_gate = [t is not None and t.gates is not None for t in tags]
+        if name in _MULS and len(arg_t) == 2:
+            (a0, a1), (t0, t1) = arg_t, tags
+            if is_gate[0] and is_gate[1]:
+                self.put(out0, _Tag(gates=_union([t0, t1], out0.shape),  # type: ignore[list-item]
+                                    blended=bool(t0 and t0.blended) or bool(t1 and t1.blended)))
+                return
+            m, mt, f = (a0, t0, a1) if is_gate[0] else (a1, t1, a0)
+            assert mt is not None
+            if not _is_batchless(f, b) and out0.shape == f.shape:
+                found = self._use(mt, f, out0)
+                ft = self.get(f)
+                if found == "use":
+                    self.serial += 1
+                    self.put(out0, _Tag(serial=self.serial))
+                elif found == "activation":
+                    self.put(out0, _Tag(root=self.root_of(f),
+                                        serial=ft.serial if ft is not None else -1))
+                return
+            if _is_batchless(f, b):
+                self.put(out0, _Tag(gates=_union([mt], out0.shape), blended=mt.blended))
+            return
+        first = tags[0] if arg_t and args and arg_t[0] is args[0] else None
+        if name in _SHAPE_OPS and first is not None and first.gates is not None:
+            if name in _KEEP_IDX:
+                for o in outs:
+                    self.put(o, _Tag(gates=dict(first.gates), blended=first.blended))
+                return
+            per_out: list[dict[int, torch.Tensor | None]] = [{} for _ in outs]
+            for gi, pos in first.gates.items():
+                if pos is None:
+                    for d in per_out:
+                        d[gi] = None
+                    continue
+                try:
+                    moved = _tensors_in(func(pos, *args[1:], **kwargs))
+                except Exception:  # an index op the positions cannot follow: drop the gate
+                    continue
+                if len(moved) != len(outs):
+                    continue
+                for d, r, o in zip(per_out, moved, outs, strict=True):
+                    if r.shape == o.shape:
+                        d[gi] = r
+            for d, o in zip(per_out, outs, strict=True):
+                if d:
+                    self.put(o, _Tag(gates=d, blended=first.blended))
+            return
+        if name in _JOIN and args and isinstance(args[0], (list, tuple)):
+            parts = [p for p in args[0] if isinstance(p, torch.Tensor)]
+            ptags = [self.get(p) for p in parts]
+            if parts and all(t is not None and t.gates is not None for t in ptags):
+                ids = {gi for t in ptags for gi in (t.gates or {})}  # type: ignore[union-attr]
+                joined: dict[int, torch.Tensor | None] = {}
+                for gi in ids:
+                    pieces = []
+                    for p, t in zip(parts, ptags, strict=True):
+                        held = (t.gates or {}) if t is not None else {}
+                        if gi in held and held[gi] is None:
+                            break
+                        pos = held.get(gi)
+                        pieces.append(pos if pos is not None else torch.full(
+                            p.shape, -1, dtype=torch.int64, device=p.device))
+                    else:
+                        try:
+                            joined[gi] = func(pieces, *args[1:], **kwargs)
+                        except Exception:
+                            continue
+                if joined:
+                    self.put(out0, _Tag(gates=joined, blended=any(t.blended for t in ptags
+                                                                   if t is not None)))
+            return
+        if name in _RESAMPLE and first is not None and first.gates is not None:
+            self.put(out0, _Tag(gates={gi: None for gi in first.gates}, blended=first.blended))
+            return
+        if name in _SCALE_OPS or name in _ELEMENTWISE:
+            ok = all(g or _is_batchless(a, b) for a, g in zip(arg_t, is_gate, strict=True))
+            if ok:
+                gtags = [t for t, g in zip(tags, is_gate, strict=True) if g]
+                blended = any(t.blended for t in gtags if t is not None)
+                if name in _ADDS:
+                    blended = blended or _adds_constant(args, kwargs, is_gate, arg_t)
+                union = _union(gtags, out0.shape)  # type: ignore[arg-type]
+                if union:
+                    self.put(out0, _Tag(gates=union, blended=blended))
+
+    def _use(self, mt: _Tag, f: torch.Tensor, out: torch.Tensor) -> str | None:
+        """Record the product of gate-derived `mt` with feature `f`: a use, an activation or None."""
+        froot = self.root_of(f)
+        result = None
+        for gi, pos in (mt.gates or {}).items():
+            rec = self.gates[gi]
+            if rec.source is not None and rec.source == froot:
+                rec.activation = True
+                result = result or "activation"
+                continue
+            use = self._site(rec, pos, f, out)
+            if use is None:
+                continue
+            use.blended = mt.blended
+            rec.uses.append(use)
+            result = "use"
+        return result
+
+    def _site(self, rec: _GateRec, pos: torch.Tensor | None, f: torch.Tensor,
+              out: torch.Tensor) -> _Use | None:
+        """Kind and canonical layout of one gate against the feature tensor it multiplies."""
+        b = self.batch
+        fb = _batch_axis(f, b)
+        gb = rec.batch_axis
+        if fb is None or gb is None:
+            return None
+        nd = out.dim()
+        numel = math.prod(rec.shape)
+        if numel % b:
+            return None
+        per = numel // b
+        if pos is None:  # resampled: the gate's own shape, in the feature's layout
+            if len(rec.shape) != nd or gb != fb:
+                return None
+            e_shape = list(rec.shape)
+            e_shape.insert(0, e_shape.pop(fb))
+            varying = {ax for ax in range(1, nd) if e_shape[ax] > 1}
+            e_c = None
+            groups = e_shape[0] // b
+        else:
+            try:
+                e = pos.broadcast_to(out.shape)
+            except RuntimeError:
+                return None
+            if fb:
+                e = e.movedim(fb, 0)
+            if bool((e < 0).any()):
+                return None
+            if b > 1 and e.shape[0] > 1 and not bool((e.narrow(0, 0, 1) != e).any()):
+                return None  # the same weights for every sample
+            varying = {ax for ax in range(1, nd)
+                       if e.shape[ax] > 1 and bool((e.narrow(ax, 0, 1) != e).any())}
+            for ax in range(1, nd):
+                if ax not in varying:
+                    e = e.narrow(ax, 0, 1)
+            e_c = e
+            e_shape = list(e.shape)
+            groups = e_shape[0] // b
+        kind, shape, order = _layout(nd, varying, e_shape, groups)
+        local: torch.Tensor | None = None
+        if e_c is not None:
+            lay = order(e_c)
+            if gb:
+                perm = torch.arange(numel, device=lay.device).view(rec.shape).movedim(gb, 0)
+                inv = torch.empty(numel, dtype=torch.int64, device=lay.device)
+                inv[perm.reshape(-1)] = torch.arange(numel, device=lay.device)
+                lay = inv[lay]
+            rows = lay.reshape(b, -1)
+            steps = torch.arange(b, device=rows.device).unsqueeze(1) * per
+            if not torch.equal(rows, rows[:1] + steps):
+                return None
+            local = rows[0].clone()
+            if local.numel() == per and torch.equal(local, torch.arange(per, device=local.device)):
+                local = None
+        elif math.prod(shape) != per:
+            return None
+        keys: dict[int, int | str] = {}
+        arg_of: set[str] = set()
+        for call in self.stack:
+            key = _arg_key(call, f)
+            if key is not None:
+                keys[id(call)] = key
+                arg_of.add(call.name)
+        fhw = (int(out.shape[-2]), int(out.shape[-1])) if nd == 4 and fb == 0 else None
+        return _Use(kind=kind, shape=shape, local=local, stack=tuple(self.stack), blended=False,
+                    keys=keys, fhw=fhw, arg_of=arg_of)
+
+
+def _arg_key(call: _Call, t: torch.Tensor) -> int | str | None:
+    n = 0
+    for a in call.args:
+        if isinstance(a, torch.Tensor):
+            if a is t:
+                return n
+            n += 1
+    for k, v in call.kwargs.items():
+        if v is t:
+            return k
+    return None
+
+
+def _layout(nd: int, varying: set[int], e_shape: list[int], groups: int
+            ) -> tuple[str, tuple[int, int, int], Callable[[torch.Tensor], torch.Tensor]]:
+    """A mask's kind, canonical per-sample shape and how positions are laid out canonically.
+
+    `e_shape` is the mask's shape in the feature's layout, batch axis first, size 1 along the
+    axes it does not vary on; `groups` is how many groups the batch axis holds per sample.
+    """
+    if nd == 5 and 1 in varying:  # (B, M, C, H, W): weights across branches
+        m = e_shape[1]
+        rest = math.prod(e_shape[2:]) * groups
+        return "select", (rest, m, 1), lambda e: e.movedim(1, -1).reshape(e.shape[0] // groups,
+                                                                            rest, m, 1)
+    if nd == 5:  # branches not weighted differently: (B, M*C, H, W)
+        e_shape = [e_shape[0], e_shape[1] * e_shape[2], e_shape[3], e_shape[4]]
+        varying = {1 if ax in (1, 2) else ax - 1 for ax in varying}
+        nd = 4
+    if nd == 4:
+        c, h, w = e_shape[1] * groups, e_shape[2], e_shape[3]
+        kinds = {frozenset({1, 2}): "a_h", frozenset({1, 3}): "a_w",
+                 frozenset({1, 2, 3}): "a_hw", frozenset({1}): "channel",
+                 frozenset({2, 3}): "spatial"}
+        kind = kinds.get(frozenset(varying))
+        if kind is not None:
+            return kind, (c, h, w), lambda e: e.reshape(e.shape[0] // groups, c, h, w)
+    n = math.prod(e_shape[1:]) * groups
+    return "other", (1, n, 1), lambda e: e.reshape(e.shape[0] // groups, 1, n, 1)
+
+
+def _union(tags: list[_Tag], shape: torch.Size) -> dict[int, torch.Tensor | None]:
+    union: dict[int, torch.Tensor | None] = {}
+    for t in tags:
+        for gi, pos in (t.gates or {}).items():
+            if pos is None:
+                union[gi] = None
+                continue
+            try:
+                union[gi] = pos.broadcast_to(shape)
+            except RuntimeError:
+                continue
+    return union
+
+
+def _adds_constant(args: tuple[Any, ...], kwargs: dict[str, Any], is_gate: list[bool],
+                   arg_t: list[torch.Tensor]) -> bool:
+    """Whether an add/sub mixes a gate-derived tensor with a nonzero constant."""
+    gate_ids = {id(a) for a, g in zip(arg_t, is_gate, strict=True) if g}
+    for a in list(args) + list(kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            if id(a) in gate_ids:
+                continue
+            # discovery may read a one-element tensor (1 - alpha); anything else counts as nonzero
+            if a.numel() == 1 and float(a.detach().reshape(()).item()) == 0.0:
+                continue
+            return True
+        v = _number(a)
+        if v is not None and v != 0.0:
+            return True
+    return False
+
+
+class _DiscoveryHooks:
+    """Opens a call record for every module call during the discovery pass."""
+
+    def __init__(self, model: nn.Module, tracer: _Discovery) -> None:
         self.tracer = tracer
         self.names = {m: n for n, m in model.named_modules()}
-        self.observed: dict[str, _Observed] = {}
         self.handles: list[Any] = []
         for module in self.names:
             self.handles.append(module.register_forward_pre_hook(self._pre, with_kwargs=True))
@@ -502,52 +844,82 @@ class _DiscoveryHooks:
                                                              always_call=True))
 
     def _pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        x = _first_tensor(args, kwargs)
-        frame = _Frame(self.names[module], module, x)
-        if x is not None:
-            frame.set(x, _Tag(x=True, pointwise=True))
-        self.tracer.frames.append(frame)
+        t = self.tracer
+        call = _Call(self.names[module], module, args, dict(kwargs), t.n_events, t.serial + 1)
+        n = 0
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                call.inputs[n] = tuple(a.shape)
+                n += 1
+        for k, v in kwargs.items():
+            if isinstance(v, torch.Tensor):
+                call.inputs[k] = tuple(v.shape)
+        if not call.inputs:
+            first = _first_tensor(args, kwargs)
+            if first is not None:
+                call.inputs[0] = tuple(first.shape)
+        t.stack.append(call)
+        t.calls.append(call)
 
     def _post(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
               output: Any) -> None:
-        frames = self.tracer.frames
-        if not frames or frames[-1].module is not module:
+        stack = self.tracer.stack
+        if not stack or stack[-1].module is not module:
             return
-        frame = frames.pop()
-        obs = self.observed.setdefault(frame.name, _Observed())
-        x = frame.x
-        if x is None or x.dim() != 4:
-            return
-        if not obs.feature:
-            obs.feature = tuple(int(s) for s in x.shape[1:])
-        for gate_index in sorted(frame.masks):
-            g = self.tracer.gates[gate_index]
-            kind = classify_mask(g.tensor.shape, frame.masks[gate_index], x.shape)
-            ordinal = frame.ordinals.get(gate_index)
-            if kind is not None and ordinal is not None and ordinal not in obs.ordinals:
-                obs.masks.append((kind, g.op))
-                obs.ordinals.append(ordinal)
-        if frame.masks:
-            obs.blended = obs.blended or frame.blended
-            out = _first_tensor((output,))
-            tag = frame.tag(out) if out is not None else None
-            obs.residual = obs.residual or tag is None or not tag.x
-        for ref in frame.refs:
-            tag = frame.tags.get(id(ref))
-            if tag is not None and tag.gates is not None and len(tag.gates) == 1:
-                (g_index, tr), = tag.gates.items()
-                g = self.tracer.gates[g_index]
-                if g.tensor is ref and not g.activation:
-                    kind = classify_mask(ref.shape, tr, x.shape)
-                    if kind is not None:
-                        obs.all_gates.append((kind, g.op))
-        frame.refs.clear()
-        frame.tags.clear()
+        call = stack.pop()
+        out = _first_tensor((output,))
+        tag = self.tracer.get(out) if out is not None else None
+        call.gated_out = tag is not None and tag.serial >= call.serial0
+        call.args, call.kwargs = (), {}
 
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
         self.handles.clear()
+
+
+def _discovery_sample(sample: torch.Tensor) -> torch.Tensor:
+    b = sample.shape[0] if sample.dim() else 0
+    if b == DISCOVERY_BATCH or b == 0:
+        return sample
+    if b > DISCOVERY_BATCH:
+        return sample[:DISCOVERY_BATCH]
+    reps = -(-DISCOVERY_BATCH // b)
+    return sample.repeat(reps, *([1] * (sample.dim() - 1)))[:DISCOVERY_BATCH]
+
+
+@dataclass
+class _Mask:
+    rec: _GateRec
+    kind: str
+    shape: tuple[int, int, int]
+    local: torch.Tensor | None
+    blended: bool
+    uses: list[_Use]
+
+
+def _mask_of(rec: _GateRec) -> _Mask:
+    """One gate's mask from its uses: one layout, or `select` when its slices weight different
+    tensors (LSK's sig[:, 0] and sig[:, 1])."""
+    distinct: list[_Use] = []
+    for u in rec.uses:
+        same = any(d.kind == u.kind and d.shape == u.shape and (
+            (d.local is None and u.local is None)
+            or (d.local is not None and u.local is not None and torch.equal(d.local, u.local)))
+            for d in distinct)
+        if not same:
+            distinct.append(u)
+    first = distinct[0]
+    blended = any(u.blended for u in rec.uses)
+    if len(distinct) > 1 and all(d.shape == first.shape for d in distinct):
+        n = math.prod(first.shape)
+        per = math.prod(rec.shape) // DISCOVERY_BATCH
+        locs = [d.local if d.local is not None else torch.arange(per) for d in distinct]
+        flat = torch.cat([loc.reshape(-1).cpu() for loc in locs])
+        if flat.numel() == flat.unique().numel() and all(loc.numel() == n for loc in locs):
+            stacked = torch.stack([loc.reshape(-1).cpu() for loc in locs], dim=-1).reshape(-1)
+            return _Mask(rec, "select", (n, len(distinct), 1), stacked, blended, rec.uses)
+    return _Mask(rec, first.kind, first.shape, first.local, blended, rec.uses)
 
 
 def discover_blocks(
@@ -556,6 +928,8 @@ def discover_blocks(
     pattern: str | None = None,
 ) -> list[BlockSpec]:
     """Find the attention blocks of `model` with one traced forward pass on `sample`.
+
+    The pass runs on `DISCOVERY_BATCH` samples (the given ones, repeated or cut).
 
     Args:
         model: the model (put in eval mode by the caller; its flags are not changed here).
@@ -568,75 +942,185 @@ def discover_blocks(
         The blocks in model order (possibly empty).
     """
     regex = re.compile(pattern) if pattern else None
-    tracer = _Tracer(exact_scalars=True)
+    batch_sample = _discovery_sample(sample)
+    tracer = _Discovery(int(batch_sample.shape[0]) if batch_sample.dim() else 1)
     hooks = _DiscoveryHooks(model, tracer)
     try:
         with tracer:
-            model(sample)
+            model(batch_sample)
     finally:
         hooks.remove()
-        tracer.frames.clear()
-        tracer.gates.clear()
-    observed = hooks.observed
+        tracer.stack.clear()
+        tracer.tags.clear()
+        tracer.detector.pending.clear()
     modules = dict(model.named_modules(remove_duplicate=False))
 
-    def candidate(name: str) -> bool:
-        obs = observed.get(name)
-        return bool(obs and obs.masks) and _has_params(modules[name])
+    # each mask belongs to the smallest call holding its gate and every product it drives
+    owned: dict[int, list[_Mask]] = {}
+    call_of: dict[int, _Call] = {}
+    for rec in tracer.gates:
+        if not rec.uses:
+            continue
+        common = rec.stack
+        for u in rec.uses:
+            common = _common(common, u.stack)
+        if not common:
+            continue
+        call = common[-1]
+        owned.setdefault(id(call), []).append(_mask_of(rec))
+        call_of[id(call)] = call
+    first_call: dict[str, _Call] = {}  # a module called more than once: its first masked call
+    for call in sorted(call_of.values(), key=lambda c: c.first_event):
+        first_call.setdefault(call.name, call)
+    direct = {name: owned[id(call)] for name, call in first_call.items()}
+
+    def in_subtree(name: str) -> bool:
+        return any(_within(n, name) for n in direct)
+
+    def has_params(name: str) -> bool:
+        return any(True for _ in modules[name].parameters())
+
+    def weights_input(name: str) -> bool:
+        return any(name in u.arg_of for n, ms in direct.items() if _within(n, name)
+                   for m in ms for u in m.uses)
 
     chosen: list[str] = []
 
     def select(name: str) -> None:
-        module = modules[name]
-        children = [(f"{name}.{c}" if name else c) for c, _ in module.named_children()]
-        if candidate(name):
-            masked = [c for c in children if candidate(c)]
-            plain = [c for c in children if not candidate(c) and _has_params(modules[c])]
-            if not masked or not plain:
-                chosen.append(name)
-                return
+        if not in_subtree(name):
+            return
+        children = [(f"{name}.{c}" if name else c) for c, _ in modules[name].named_children()]
+        masked = [c for c in children if in_subtree(c)]
+        plain = [c for c in children if not in_subtree(c) and has_params(c)]
+        # a parent of attention children and parameter-free glue (CBAM = channel gate then
+        # spatial gate) is one block when a mask weights the parent's own input; a stage whose
+        # children's masks weight their own conv outputs (a ResNet layer) is not
+        if name in direct or (masked and not plain and weights_input(name)):
+            chosen.append(name)
+            return
         for c in children:
             select(c)
 
     select("")
-    specs: list[BlockSpec] = []
-    for name in chosen:
-        if regex is not None and not regex.search(name):
-            continue
-        obs = observed[name]
-        kinds = [k for k, _ in obs.masks]
-        specs.append(BlockSpec(
-            name=name,
-            type=type(modules[name]).__name__,
-            kind=block_kind(kinds),
-            masks=_mask_names(kinds),
-            identity_path=obs.blended or obs.residual,
-            feature=obs.feature,
-            mask_gates=tuple(obs.ordinals),
-        ))
+    found = [_spec(name, modules[name], first_call, direct) for name in chosen]
+    specs = [s for s in found if s is not None and (regex is None or regex.search(s.name))]
     if regex is not None:
-        taken = [s.name for s in specs]
-        for name, module in modules.items():
-            if not regex.search(name) or name in taken:
-                continue
-            if any(_within(name, t) or _within(t, name) for t in taken):
-                continue
-            seen = observed.get(name)
-            if seen is None or not seen.all_gates:
-                continue
-            kinds = [k for k, _ in seen.all_gates]
-            specs.append(BlockSpec(
-                name=name, type=type(module).__name__, kind=block_kind(kinds),
-                masks=_mask_names(kinds), identity_path=False, feature=seen.feature, forced=True,
-            ))
-            taken.append(name)
+        specs.extend(_forced(regex, specs, tracer, modules))
         order = {n: i for i, n in enumerate(modules)}
-        specs.sort(key=lambda s: order[s.name])
+        specs.sort(key=lambda s: order.get(s.name, 0))
     return specs
 
 
 def _within(name: str, parent: str) -> bool:
-    return parent == "" or name.startswith(parent + ".")
+    return parent == "" or name == parent or name.startswith(parent + ".")
+
+
+def _relative(name: str, block: str) -> str:
+    if name == block:
+        return ""
+    return name[len(block) + 1:] if block else name
+
+
+def _spec(name: str, module: nn.Module, first_call: dict[str, _Call],
+          direct: dict[str, list[_Mask]]) -> BlockSpec | None:
+    # the block's call: the first call of the module that holds any of its masks
+    masks = [m for n, ms in direct.items() if _within(n, name) for m in ms]
+    calls = [c for m in masks for c in m.rec.stack if c.name == name]
+    if not calls:
+        return None
+    call = min(calls, key=lambda c: c.first_event)
+    mine = sorted((m for m in masks if any(c is call for c in m.rec.stack)),
+                  key=lambda m: m.rec.event)
+    if not mine:
+        return None
+    key: int | str = 0
+    for m in mine:
+        for u in m.uses:
+            if id(call) in u.keys:
+                key = u.keys[id(call)]
+                break
+        else:
+            continue
+        break
+    in_shape = call.inputs.get(key) or next(iter(call.inputs.values()), ())
+    hw = (int(in_shape[-2]), int(in_shape[-1])) if len(in_shape) == 4 else (0, 0)
+    sites: list[MaskSite] = []
+    for m in mine:
+        depth = next(i for i, c in enumerate(m.rec.stack) if c is call)
+        below = m.rec.stack[depth + 1] if depth + 1 < len(m.rec.stack) else None
+        # the child the gate comes from; a bare nn.Sigmoid (or other torch.nn layer) of the
+        # block itself is no part
+        part = ""
+        if below is not None and (depth + 2 < len(m.rec.stack)
+                                  or not type(below.module).__module__.startswith("torch.nn")):
+            part = _relative(below.name, name)
+        fhw = m.uses[0].fhw
+        follow = (0, 0)
+        if m.local is None and fhw is not None and hw != (0, 0):
+            fh = hw[0] if m.kind in ("a_h", "a_hw", "spatial") and m.shape[1] == fhw[0] \
+                and m.shape[1] > 1 else 0
+            fw = hw[1] if m.kind in ("a_w", "a_hw", "spatial") and m.shape[2] == fhw[1] \
+                and m.shape[2] > 1 else 0
+            follow = (fh, fw)
+        sites.append(MaskSite(
+            kind=m.kind, op=m.rec.op, gate=m.rec.event - call.first_event, part=part,
+            batch_axis=m.rec.batch_axis or 0, shape=m.shape, index=m.local, follow=follow))
+    kinds = [s.kind for s in sites]
+    return BlockSpec(
+        name=name,
+        type=type(module).__name__,
+        kind=block_kind(kinds),
+        masks=_mask_names(kinds),
+        identity_path=any(m.blended for m in mine) or not call.gated_out,
+        feature=tuple(int(s) for s in in_shape[1:]) if len(in_shape) == 4 else tuple(
+            int(s) for s in in_shape[1:]),
+        mask_gates=tuple(s.gate for s in sites),
+        sites=tuple(sites),
+        input_arg=key,
+    )
+
+
+def _forced(regex: re.Pattern[str], specs: list[BlockSpec], tracer: _Discovery,
+            modules: dict[str, nn.Module]) -> list[BlockSpec]:
+    """Modules named by `--blocks` that the search did not select: their gate outputs, named by
+    their own shape against the module's input, are their masks."""
+    taken = [s.name for s in specs]
+    extra: list[BlockSpec] = []
+    for name, module in modules.items():
+        if not regex.search(name) or name in taken:
+            continue
+        if any(_within(name, t) or _within(t, name) for t in taken):
+            continue
+        calls = [c for c in tracer.calls if c.module is module]
+        if not calls:
+            continue
+        call = calls[0]
+        in_shape = call.inputs.get(0) or next(iter(call.inputs.values()), ())
+        if len(in_shape) != 4:
+            continue
+        x_shape = torch.Size(in_shape)
+        sites: list[MaskSite] = []
+        for rec in tracer.gates:
+            if rec.activation or not any(c is call for c in rec.stack):
+                continue
+            kind = classify_mask(torch.Size(rec.shape), False, x_shape)
+            if kind is None:
+                continue
+            shape = _canonical_shape(kind, x_shape)
+            follow = (in_shape[2] if kind in ("a_h", "a_hw", "spatial") and in_shape[2] > 1 else 0,
+                      in_shape[3] if kind in ("a_w", "a_hw", "spatial") and in_shape[3] > 1 else 0)
+            sites.append(MaskSite(kind=kind, op=rec.op, gate=rec.event - call.first_event,
+                                  shape=shape, follow=follow))
+        if not sites:
+            continue
+        kinds = [s.kind for s in sites]
+        extra.append(BlockSpec(
+            name=name, type=type(module).__name__, kind=block_kind(kinds),
+            masks=_mask_names(kinds), identity_path=False,
+            feature=tuple(int(s) for s in in_shape[1:]), forced=True,
+            mask_gates=tuple(s.gate for s in sites), sites=tuple(sites)))
+        taken.append(name)
+    return extra
 
 
 # ---------------------------------------------------------------------------------------------
@@ -651,7 +1135,7 @@ class BlockCall:
         spec: the block.
         x: its input (as it is after the block ran: a block may change it in place).
         out: its output (first tensor of a tuple output).
-        masks: mask name -> mask in canonical layout (see `canonical`).
+        masks: mask name -> mask in canonical layout (`MaskSite.read`).
         entered: what `on_enter` returned for this call, taken before the block ran.
     """
 
@@ -662,14 +1146,58 @@ class BlockCall:
     entered: Any = None
 
 
+@dataclass
+class _Frame:
+    """One call of one watched block."""
+
+    spec: BlockSpec
+    module: nn.Module
+    x: torch.Tensor | None
+    wanted: frozenset[int]
+    seen: dict[int, torch.Tensor] = field(default_factory=dict)
+    n_gates: int = 0
+    entered: Any = None
+
+
+class _Watch(TorchFunctionMode):
+    """Inside watched blocks: counts gate calls, keeps the ones that are masks, replaces some."""
+
+    def __init__(self, replace: Replace | None) -> None:
+        super().__init__()
+        self.frames: list[_Frame] = []
+        self.detector = _Gates()
+        self.replace = replace
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        if not self.frames:
+            return out
+        name = _op_name(func)
+        if name not in _EVENT_OPS:
+            return out
+        if self.detector.event(name, args, kwargs or {}, out) is None:
+            return out
+        frame = self.frames[-1]
+        n = frame.n_gates
+        frame.n_gates += 1
+        if self.replace is not None and isinstance(out, torch.Tensor):
+            swapped = self.replace(frame.spec.name, n, out)
+            if swapped is not None:
+                out = swapped
+        if n in frame.wanted and isinstance(out, torch.Tensor):
+            frame.seen[n] = out
+        return out
+
+
 class MaskCapture:
     """Watch the given blocks: a context manager that owns every hook.
 
     On entry it registers a forward pre-hook and a forward hook on each block; the pre-hook opens a
-    frame and switches the tracer on, the hook hands the block's masks to `on_block` and switches
-    the tracer off again, so layers outside the blocks run at full speed. On exit, whatever
-    happened, every hook is removed, the tracer is off and each module's train/eval flag is what
-    it was on entry.
+    frame and switches the gate counter on, the hook hands the block's masks to `on_block` and
+    switches it off again, so layers outside the blocks run at full speed. Inside a block only
+    gate calls are looked at: the masks are the gate outputs discovery named, read as the gate
+    computed them. On exit, whatever happened, every hook is removed, the counter is off and each
+    module's train/eval flag is what it was on entry.
 
     Example:
         >>> with MaskCapture(model, blocks, on_block=print) as cap:
@@ -692,8 +1220,9 @@ class MaskCapture:
         self.eval_mode = eval_mode
         self._handles: list[Any] = []
         self._training: dict[nn.Module, bool] = {}
-        self._tracer = _Tracer(exact_scalars=False, replace=replace)
+        self._watch = _Watch(replace)
         self._active = False
+        self._index: dict[tuple[int, torch.device], torch.Tensor] = {}
         self.missing: list[str] = []  # blocks whose masks were not seen in some call
 
     def __enter__(self) -> MaskCapture:
@@ -721,80 +1250,66 @@ class MaskCapture:
             h.remove()
         self._handles.clear()
         self._switch_off()
-        self._tracer.frames.clear()
-        self._tracer.gates.clear()
+        self._watch.frames.clear()
+        self._watch.detector.pending.clear()
         for m, flag in self._training.items():
             m.training = flag
 
     def _switch_off(self) -> None:
         if self._active:
-            self._tracer.__exit__(None, None, None)
+            self._watch.__exit__(None, None, None)
             self._active = False
 
     def _make_pre(self, spec: BlockSpec, module: nn.Module) -> Callable[..., None]:
+        wanted = frozenset(spec.mask_gates)
+
         def pre(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            x = _first_tensor(args, kwargs)
-            frame = _Frame(spec.name, module, x)
-            if x is not None:
-                frame.set(x, _Tag(x=True, pointwise=True))
-                if self.on_enter is not None and x.dim() == 4:
-                    frame.entered = self.on_enter(spec, x)
-            self._tracer.frames.append(frame)
+            x = _input_of(args, kwargs, spec.input_arg)
+            frame = _Frame(spec, module, x, wanted)
+            if x is not None and self.on_enter is not None and x.dim() == 4:
+                frame.entered = self.on_enter(spec, x)
+            self._watch.frames.append(frame)
             if not self._active:
-                self._tracer.__enter__()
+                self._watch.__enter__()
                 self._active = True
         return pre
 
     def _make_post(self, spec: BlockSpec, module: nn.Module) -> Callable[..., None]:
         def post(mod: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            frames = self._tracer.frames
+            frames = self._watch.frames
             if not frames or frames[-1].module is not module:
                 return
             frame = frames.pop()
             if not frames:
                 self._switch_off()
-            try:
-                self._emit(spec, frame, output)
-            finally:
-                if not frames:
-                    self._tracer.gates.clear()
-                frame.refs.clear()
-                frame.tags.clear()
+                self._watch.detector.pending.clear()
+                self._watch.detector.source = None
+            self._emit(spec, frame, output)
         return post
 
     def _emit(self, spec: BlockSpec, frame: _Frame, output: Any) -> None:
         x = frame.x
-        if x is None or x.dim() != 4:
+        if x is None:
             return
-        gates = self._tracer.gates
-        if spec.forced:
-            picked = []
-            for ref in frame.refs:
-                tag = frame.tags.get(id(ref))
-                if tag is not None and tag.gates and len(tag.gates) == 1:
-                    (g, tr), = tag.gates.items()
-                    if gates[g].tensor is ref and not gates[g].activation:
-                        picked.append((g, tr))
-        else:
-            picked = sorted(frame.masks.items())
-            if spec.mask_gates:
-                # the gates discovery named masks; with a batch of one, a per-channel gate
-                # parameter (1, C, 1, 1) would otherwise pass for a mask
-                by_ordinal = [(g, tr) for g, tr in picked
-                              if frame.ordinals.get(g) in spec.mask_gates]
-                if len(by_ordinal) == len(spec.mask_gates):
-                    picked = by_ordinal
-        kinds: list[str] = []
-        tensors: list[torch.Tensor] = []
-        for g, tr in picked:
-            t = gates[g].tensor
-            kind = classify_mask(t.shape, tr, x.shape)
-            if kind is None:
+        batch = int(x.shape[0]) if x.dim() else 1
+        hw = (int(x.shape[-2]), int(x.shape[-1])) if x.dim() == 4 else None
+        masks: dict[str, torch.Tensor] = {}
+        for name, site in zip(spec.masks, spec.sites, strict=True):
+            gate = frame.seen.get(site.gate)
+            if gate is None:
                 continue
-            kinds.append(kind)
-            tensors.append(canonical(t, kind, tr, x.shape))
-        masks = dict(zip(_mask_names(kinds), tensors, strict=True))
-        if set(masks) != set(spec.masks):
+            index = None
+            if site.index is not None:
+                key = (id(site), gate.device)
+                index = self._index.get(key)
+                if index is None:
+                    index = self._index[key] = site.index.to(gate.device)
+            try:
+                masks[name] = site.read(gate, batch, hw, index)
+            except RuntimeError:  # a layout that does not fit this call's sizes
+                continue
+        frame.seen.clear()
+        if len(masks) != len(spec.masks):
             self.missing.append(spec.name)
         out = _first_tensor((output,))
         self.on_block(BlockCall(spec=spec, x=x, out=out, masks=masks, entered=frame.entered))

@@ -54,7 +54,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from coordatt_diag.errors import CheckpointError, UsageError, opt
+from coordatt_diag.errors import (
+    CheckpointError,
+    InputError,
+    UsageError,
+    one_line,
+    opt,
+    show_path,
+)
 from coordatt_diag.results import CheckpointInfo, PathArg
 
 _STATE_KEYS = ("state_dict", "model_state_dict")
@@ -130,7 +137,12 @@ def add_import_paths(paths: Sequence[PathArg] | None, modules: Sequence[str] | N
         try:
             with _stdout_to_stderr():
                 importlib.import_module(mod)
-        except ImportError as exc:
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's module fails to import
+            if not isinstance(exc, ImportError):
+                raise CheckpointError(
+                    f"importing module {mod!r} ({opt('imports')}) raised {type(exc).__name__}: "
+                    f"{one_line(str(exc), 200)}"
+                ) from exc
             top = (getattr(exc, "name", None) or "").split(".")[0]
             hint = f" ({INSTALL_HINTS[top]})" if top in INSTALL_HINTS else ""
             raise CheckpointError(
@@ -344,7 +356,8 @@ def _unsafe_globals(path: Path) -> list[str]:
 
 def _refusal(path: Path, exc: Exception) -> CheckpointError:
     # the file's own classes first: torch's are rarely the news
-    classes = sorted(_unsafe_globals(path), key=lambda c: (c.startswith("torch."), c))
+    named = _unsafe_globals(path) or sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(exc))))
+    classes = sorted(named, key=lambda c: (c.startswith("torch."), c))
     if classes:
         shown = ", ".join(classes[:12]) + (
             f" and {len(classes) - 12} more" if len(classes) > 12 else "")
@@ -355,10 +368,10 @@ def _refusal(path: Path, exc: Exception) -> CheckpointError:
             what += (" - classes of the script that saved it (__main__): add "
                      f"{opt('main_module', 'train.py')} to take them from that script")
     else:
-        detail = str(exc).strip().splitlines()
-        what = f"safe loading refused it ({detail[-1] if detail else type(exc).__name__})"
+        what = f"safe loading refused it ({one_line(_torch_detail(exc), 200)})"
     return CheckpointError(
-        f"{path} was not loaded: {what}; pass {opt('trust', True)} to load it with full pickle, which runs "
+        f"{show_path(path)} was not loaded: {what}; pass {opt('trust', True)} to load it with full pickle, "
+        "which runs "
         "code from the file (only for files you trust)"
     )
 
@@ -455,10 +468,7 @@ def read_checkpoint(path: PathArg, trust: bool = False, main_module: ModuleType 
             torch.export archive; a refused pickle; a missing module or class.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} is not a file")
+    check_input_file(path, "checkpoint")
     if path.suffix.lower() == SAFETENSORS_SUFFIX or _looks_like_safetensors(path):
         return read_safetensors(path)
     kind = compiled_archive_kind(path)
@@ -479,7 +489,7 @@ def read_checkpoint(path: PathArg, trust: bool = False, main_module: ModuleType 
                                       pickle_module=_main_mapping_pickle(main_module))
                 return torch.load(str(path), map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
-        if not trust and "Weights only load failed" in str(exc) and not _looks_corrupt(exc):
+        if not trust and _names_a_global(exc):
             raise _refusal(path, exc) from exc
         raise _corrupt(path, exc) from exc
     except (ModuleNotFoundError, AttributeError) as exc:
@@ -529,15 +539,70 @@ def _looks_like_safetensors(path: Path) -> bool:
     return 2 <= n <= size - 8
 
 
-def _looks_corrupt(exc: Exception) -> bool:
+def check_input_file(path: Path, what: str) -> None:
+    """Refuse an input path that is missing, not a regular file (a folder, a FIFO that would
+    block, a device), a symlink loop or a name too long, before anything opens it.
+
+    Raises:
+        CheckpointError: for `what` == "checkpoint".
+        InputError: for any other input (`--tensors`, `--labels`, a report JSON).
+    """
+    import stat
+
+    err = CheckpointError if what == "checkpoint" else InputError
+    name = show_path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise err(f"{what} {name} does not exist") from None
+    except OSError as exc:
+        raise err(f"{what} {name} cannot be read: {exc.strerror or type(exc).__name__}") from None
+    except ValueError as exc:  # a NUL byte in the name
+        raise err(f"{what} {name} is not a valid file name ({exc})") from None
+    if stat.S_ISDIR(mode):
+        raise err(f"{what} {name} is a folder, not a file")
+    if not stat.S_ISREG(mode):
+        raise err(f"{what} {name} is not a regular file (a FIFO, socket or device); save it to "
+                  "a file first")
+    if not os.access(path, os.R_OK):
+        raise err(f"{what} {name} cannot be read: permission denied")
+
+
+def _names_a_global(exc: Exception) -> bool:
+    """Whether torch's safe loader refused the file for a class or function it references (a
+    genuine pickle of objects) rather than for bytes it cannot parse (a corrupt file)."""
     text = str(exc)
-    return any(s in text for s in ("truncated", "invalid load key", "EOF", "unpickling stack"))
+    return "Unsupported global" in text or "unsupported GLOBAL" in text
+
+
+def _torch_detail(exc: BaseException) -> str:
+    """The part of torch's message that says what was wrong (its first sentence), without its
+    advice to re-run `torch.load` unsafely."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    found = None
+    for i, ln in enumerate(lines):
+        if "WeightsUnpickler error:" in ln:
+            rest = ln.split("WeightsUnpickler error:", 1)[1].strip()
+            found = rest or (lines[i + 1] if i + 1 < len(lines) else None)
+            break
+        if ln.startswith(("Unsupported operand", "Trying to load unsupported")):
+            found = ln
+            break
+    if found is None:
+        kept = [ln for ln in lines if "weights_only" not in ln and "Weights only load" not in ln
+                and "Please file an issue" not in ln]
+        found = kept[0] if kept else ""
+    if ". " in found:
+        found = found.split(". ", 1)[0] + "."
+    if isinstance(exc, (KeyError, IndexError, EOFError, ValueError)) or not found:
+        found = f"{type(exc).__name__}: {found}" if found else type(exc).__name__
+    return found
 
 
 def _corrupt(path: Path, exc: BaseException) -> CheckpointError:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return CheckpointError(
-        f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {first[:200]}"
+        f"{show_path(path)} is not a readable PyTorch checkpoint (corrupt, truncated or not a "
+        f"checkpoint): {one_line(_torch_detail(exc), 200)}"
     )
 
 
@@ -594,8 +659,13 @@ def build_from_factory(spec: str, args_json: str | None) -> nn.Module:
         module = importlib.import_module(mod_name)
     except ImportError as exc:
         raise CheckpointError(
-            f"cannot import {mod_name!r} for {opt('model')} ({exc}): add its folder with "
-            f"{opt('paths', 'DIR')}"
+            f"cannot import {mod_name!r} for {opt('model')} ({one_line(str(exc), 200)}): add its "
+            f"folder with {opt('paths', 'DIR')}"
+        ) from exc
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's module fails to import
+        raise CheckpointError(
+            f"importing {mod_name!r} for {opt('model')} raised {type(exc).__name__}: "
+            f"{one_line(str(exc), 200)}"
         ) from exc
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
@@ -603,7 +673,13 @@ def build_from_factory(spec: str, args_json: str | None) -> nn.Module:
     try:
         model = factory(**kwargs)
     except TypeError as exc:
-        raise UsageError(f"{opt('model', spec)} could not be called with {kwargs}: {exc}") from exc
+        raise UsageError(f"{opt('model', spec)} could not be called with {kwargs}: "
+                         f"{one_line(str(exc), 200)}") from exc
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure of the user's factory
+        what = f"sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else one_line(str(exc), 200)
+        raise CheckpointError(
+            f"{opt('model', spec)} raised {type(exc).__name__} while building the model: {what}"
+        ) from exc
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"{opt('model', spec)} returned a {type(model).__name__}, not an nn.Module")
     return model

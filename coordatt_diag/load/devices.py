@@ -38,8 +38,23 @@ def _local_rank() -> int:
         return 0
 
 
+def _cuda_indices(text: str) -> list[int] | None:
+    """The GPU indices of an Ultralytics-style `--device` ("0", "0,1"; "cuda:N" too), or None
+    for another spelling."""
+    m = re.fullmatch(r"cuda(?::(\d+))?", text)
+    if m:
+        return [int(m.group(1))] if m.group(1) is not None else []
+    if re.fullmatch(r"\d+(\s*,\s*\d+)*,?", text):
+        return [int(part) for part in text.split(",") if part.strip()]
+    return None
+
+
 def resolve_device(spec: str | None) -> torch.device:
-    """Turn `--device` (cpu, cuda, cuda:N, mps, auto; None means auto) into a checked device.
+    """Turn `--device` into a checked device.
+
+    Spellings: cpu, mps, auto (None means auto), cuda, cuda:N, and a GPU index or list as
+    Ultralytics takes them ("0", "0,1"). One process runs on one GPU: from a list it takes the
+    local rank's entry (under torchrun, rank r gets the r-th GPU of the list; alone, the first).
 
     Raises:
         UsageError: an unknown spelling, or a device this machine does not have.
@@ -51,15 +66,15 @@ def resolve_device(spec: str | None) -> torch.device:
         return torch.device("cpu")
     if text == "cpu":
         return torch.device("cpu")
-    m = re.fullmatch(r"cuda(?::(\d+))?", text)
-    if m:
+    indices = _cuda_indices(text)
+    if indices is not None:
         if not torch.cuda.is_available():
             why = ("this torch build has no CUDA support" if torch.version.cuda is None
                    else "torch sees no GPU")
             raise UsageError(f"{opt('device', spec)}: CUDA is not available ({why}); use "
                              f"{opt('device', 'cpu')} or {opt('device', 'auto')}")
         count = torch.cuda.device_count()
-        index = int(m.group(1)) if m.group(1) is not None else _local_rank() % count
+        index = indices[_local_rank() % len(indices)] if indices else _local_rank() % count
         if index >= count:
             raise UsageError(f"{opt('device', spec)}: this machine has {count} CUDA device(s), "
                              f"cuda:0 to cuda:{count - 1}")
@@ -68,7 +83,8 @@ def resolve_device(spec: str | None) -> torch.device:
         if not torch.backends.mps.is_available():
             raise UsageError(f"{opt('device', 'mps')}: MPS is not available here; use {opt('device', 'cpu')}")
         return torch.device("mps")
-    raise UsageError(f"{opt('device', spec)} is not a device: use cpu, cuda, cuda:N or auto")
+    raise UsageError(f"{opt('device', spec)} is not a device: use cpu, cuda, cuda:N, a GPU index "
+                     "(0, or 0,1) or auto")
 
 
 def resolve_placement(device: str | None, half: bool = False,
@@ -78,12 +94,15 @@ def resolve_placement(device: str | None, half: bool = False,
     Raises:
         UsageError: as `resolve_device`; `--half` without a CUDA device; an unknown dtype.
     """
-    dev = resolve_device(device)
-    if not half:
-        return Placement(dev, torch.float32)
     dtype = _HALF.get(half_dtype.strip().lower())
     if dtype is None:
         raise UsageError(f"{opt('half_dtype', half_dtype)}: use float16 or bfloat16")
+    if not half and dtype is not torch.float16:
+        raise UsageError(f"{opt('half_dtype', half_dtype)} applies only with {opt('half', True)}: "
+                         f"add {opt('half', True)} (CUDA) or drop {opt('half_dtype')}")
+    dev = resolve_device(device)
+    if not half:
+        return Placement(dev, torch.float32)
     if dev.type != "cuda":
         raise UsageError(f"{opt('half', True)} needs a CUDA device (the run is on {dev}); half precision on "
                          f"a CPU is slow and not what the model runs in: drop {opt('half', True)}")

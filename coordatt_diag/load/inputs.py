@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from coordatt_diag.errors import InputError, UsageError, opt
+from coordatt_diag.errors import InputError, UsageError, one_line, opt, show_path
 from coordatt_diag.results import InputsInfo, PathArg
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -179,13 +179,17 @@ def open_inputs(
         return stream
     size = input_size(model, imgsz)
     letterbox = letterbox or size.letterbox
+    from coordatt_diag.load.memory import check_input_batch
+
     if images is not None:
         files = list_images(images)
+        check_input_batch(min(batch_size, len(files)), channels, size.imgsz, "image")
         stream = InputStream("images", str(images), batch_size, normalize, size.note)
         stream._iter = _limit(
             _image_batches(files, stream, channels, size.imgsz, normalize, letterbox,
                            batch_size, workers), batches)
         return stream
+    check_input_batch(batch_size, channels, size.imgsz, "synthetic")
     note = SYNTHETIC_NOTE if size.note is None else f"{SYNTHETIC_NOTE}; {size.note}"
     stream = InputStream("synthetic", None, batch_size, None, note)
     stream._iter = _synthetic(channels, size.imgsz, batch_size, batches or SYNTHETIC_BATCHES,
@@ -218,18 +222,37 @@ def read_array_file(path: Path, option: str, expected: str) -> Any:
         InputError: the file is missing or unreadable; the message names `option` and says to
             save `expected` with torch.save or numpy.save.
     """
-    if not path.is_file():
-        raise InputError(f"{option} {path} does not exist")
+    from coordatt_diag.load.checkpoint import check_input_file
+
+    check_input_file(path, option)
     try:
         if path.suffix.lower() == ".npy":
             return torch.from_numpy(np.load(path, allow_pickle=False))
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to read is the same user error
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        from coordatt_diag.load.checkpoint import _torch_detail
+
         raise InputError(
-            f"{option} {path} is not a readable tensor file: {first}; save {expected} with "
-            "torch.save or numpy.save"
+            f"{option} {show_path(path)} is not a readable tensor file: "
+            f"{one_line(_torch_detail(exc), 200)}; save {expected} with torch.save or numpy.save"
         ) from exc
+
+
+def check_plain_tensor(t: torch.Tensor, where: str) -> None:
+    """Refuse a tensor the model cannot take as it is: sparse, quantized, meta (no data), complex.
+
+    Raises:
+        InputError: naming `where` and the fix.
+    """
+    if t.layout != torch.strided:
+        raise InputError(f"{where} holds a sparse tensor ({t.layout}); save a dense one "
+                         "(tensor.to_dense())")
+    if t.is_meta or t.device.type == "meta":
+        raise InputError(f"{where} holds a meta tensor, which has no data; save the real tensor")
+    if t.is_quantized:
+        raise InputError(f"{where} holds a quantized tensor; save tensor.dequantize()")
+    if t.is_complex():
+        raise InputError(f"{where} holds a complex tensor ({t.dtype}); save a real one")
 
 
 def load_tensor_file(path: Path) -> list[torch.Tensor]:
@@ -246,6 +269,7 @@ def load_tensor_file(path: Path) -> list[torch.Tensor]:
         )
     out = []
     for t in chunks:
+        check_plain_tensor(t, f"{opt('tensors')} {show_path(path)}")
         if t.dim() == 3:
             t = t.unsqueeze(0)
         if t.dim() != 4:

@@ -1,12 +1,18 @@
-"""Will a batch fit? Measure the activation memory of two samples, check the batch before the run.
+"""Will a batch fit? Measure the activation memory of one sample, check the batch before the run.
 
 The statistics themselves take a few numbers per mask whatever the number of batches (see
 `coordatt_diag.stats.masks`): what grows with the inputs is the model's own forward pass, linearly in
-the batch size. `measure_activations` runs two samples under a dispatch mode that follows every
-tensor the forward pass creates until it is freed and keeps the peak of the live bytes (on any
-device, without an allocator's help); `check_batch` scales it to the batch and compares it with
-the memory free on the device (CUDA: `mem_get_info`; CPU: MemAvailable, bounded by the cgroup
-limit), so a batch that would not fit is refused before the run, with a batch size that fits.
+the batch size. `measure_activations` runs one sample under `LiveBytes`, a dispatch mode that
+follows every tensor the forward pass creates until it is freed and keeps the peak of the live
+bytes (on any device, without an allocator's help); `check_batch` scales the peak to the batch
+and compares it with the memory free on the device (CUDA: `mem_get_info`; CPU: MemAvailable,
+bounded by the cgroup limit), so a batch that would not fit is refused before the run, with a
+batch size that fits.
+
+The mode does not load torch's compiler: `TorchDispatchMode` wraps a subclass's
+`__torch_dispatch__` in `torch._disable_dynamo` unless `_should_skip_dynamo` says no, and the first
+call through that wrapper imports `torch._dynamo` (over a second of import and a slower
+interpreter exit); nothing here is ever compiled, so `LiveBytes` says no.
 """
 
 from __future__ import annotations
@@ -32,8 +38,25 @@ ENV_SWITCH = "COORDATT_DIAG_MEMORY_CHECK"
 GIB = 1024**3
 
 
-class _LiveBytes(TorchDispatchMode):
-    """Follows the storages that ops create; `peak` is the most bytes alive at once."""
+class LiveBytes(TorchDispatchMode):
+    """Follows the storages that ops create; `peak` is the most bytes alive at once.
+
+    A storage counts until the last tensor object on it is freed: what a plain forward pass
+    holds, module inputs kept by their callers included. (Counting only to each storage's last
+    read, so that the pass could be shared with the discovery tracer, which keeps the tensors it
+    tags alive until their module call returns, missed a third of the peak of a YOLO-style
+    model: eager Python holds a module's input for the whole call.)
+
+    Example:
+        >>> with torch.inference_mode(), LiveBytes() as live:
+        ...     model(sample)
+        >>> live.per_sample(sample)
+    """
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # False: __torch_dispatch__ is not wrapped in torch._disable_dynamo (see the module doc)
+        return False
 
     def __init__(self) -> None:
         super().__init__()
@@ -70,6 +93,10 @@ class _LiveBytes(TorchDispatchMode):
             weakref.finalize(t, self._release, ptr)
         return out
 
+    def per_sample(self, sample: torch.Tensor) -> int:
+        """The peak per sample of `sample`'s batch, rounded up."""
+        return -(-self.peak // max(int(sample.shape[0]), 1))
+
 
 @dataclass(frozen=True)
 class MemoryEstimate:
@@ -97,10 +124,10 @@ class MemoryEstimate:
 
 def measure_activations(model: nn.Module, sample: torch.Tensor) -> int:
     """Peak bytes of activations alive at once while `model` runs `sample`, per sample."""
-    mode = _LiveBytes()
+    mode = LiveBytes()
     with torch.inference_mode(), mode:
         model(sample)
-    return -(-mode.peak // max(int(sample.shape[0]), 1))
+    return mode.per_sample(sample)
 
 
 def _cgroup_free() -> int | None:
@@ -144,9 +171,12 @@ def available_bytes(device: torch.device) -> int | None:
     return free
 
 
-def estimate(model: nn.Module, probe: torch.Tensor, batch: torch.Tensor) -> MemoryEstimate:
-    """Measure `probe` (a few samples) and scale to `batch`'s size on the model's device."""
-    per_sample = measure_activations(model, probe)
+def estimate(model: nn.Module, probe: torch.Tensor, batch: torch.Tensor,
+             per_sample: int | None = None) -> MemoryEstimate:
+    """Measure `probe` (a few samples; skipped when `per_sample` was measured already, e.g.
+    during discovery) and scale to `batch`'s size on the model's device."""
+    if per_sample is None:
+        per_sample = measure_activations(model, probe)
     b = int(batch.shape[0])
     input_bytes = batch.numel() * batch.element_size()
     need = int(MARGIN * per_sample * b)
@@ -154,19 +184,30 @@ def estimate(model: nn.Module, probe: torch.Tensor, batch: torch.Tensor) -> Memo
                           need=need, available=available_bytes(batch.device))
 
 
+def enabled() -> bool:
+    """Whether the pre-check runs (COORDATT_DIAG_MEMORY_CHECK is not 0)."""
+    return os.environ.get(ENV_SWITCH, "1") != "0"
+
+
 def _gib(n: int) -> str:
     return f"{n / GIB:.2f} GiB" if n >= GIB / 10 else f"{n / 1024**2:.0f} MiB"
 
 
-def check_batch(model: nn.Module, probe: torch.Tensor, batch: torch.Tensor) -> MemoryEstimate:
+def check_batch(model: nn.Module, probe: torch.Tensor, batch: torch.Tensor,
+                per_sample: int | None = None) -> MemoryEstimate | None:
     """Refuse a batch that would not fit in the device's free memory, before the run starts.
+
+    `per_sample`: the activation peak per sample if already measured (no forward pass then).
+    With COORDATT_DIAG_MEMORY_CHECK=0 nothing is measured or checked (None).
 
     Raises:
         InputError: the batch needs more than the free memory; the message gives a batch size
             that fits.
     """
-    est = estimate(model, probe, batch)
-    if est.fits or os.environ.get(ENV_SWITCH, "1") == "0":
+    if not enabled():
+        return None
+    est = estimate(model, probe, batch, per_sample)
+    if est.fits:
         return est
     shape = "x".join(str(s) for s in batch.shape[1:])
     fit = est.largest_batch()
@@ -179,3 +220,27 @@ def check_batch(model: nn.Module, probe: torch.Tensor, batch: torch.Tensor) -> M
         f"measured), but {_gib(est.available)} is free besides the batch: {hint} (or set "
         f"{ENV_SWITCH}=0 to run anyway)"
     )
+
+
+def check_input_batch(batch_size: int, channels: int, side: int, what: str) -> None:
+    """Refuse a float32 input batch (batch_size, channels, side, side) that could not even be
+    allocated in free CPU memory (or whose size overflows int64), before it is built.
+
+    Raises:
+        InputError: the batch is too big; the message gives a batch size that fits.
+    """
+    per_sample = 4 * channels * side * side
+    need = batch_size * per_sample
+    if need >= 1 << 62:
+        raise InputError(f"a {what} batch of {batch_size} x {channels}x{side}x{side} floats is "
+                         f"too large to address; lower {opt('batch_size')} or {opt('imgsz')}")
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return
+    free = available_bytes(torch.device("cpu"))
+    if free is None or need <= free:
+        return
+    fit = free // max(per_sample, 1)
+    hint = (f"use --batch-size {fit} or fewer" if fit >= 1 else
+            "not even one sample fits: use a smaller --imgsz")
+    raise InputError(f"a {what} batch of {batch_size} x {channels}x{side}x{side} floats needs "
+                     f"{_gib(need)}, but {_gib(free)} of memory is free: {hint}")

@@ -10,11 +10,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from coordatt_diag.errors import UsageError, opt
-from coordatt_diag.health.rules import worst
 from coordatt_diag.reports.atomic import write_text
 from coordatt_diag.reports.json_report import _clean, write_report
+from coordatt_diag.reports.wording import verdict_line
 from coordatt_diag.results import Finding, display_name
-from coordatt_diag.runs.check import CheckResult, baseline_report
+from coordatt_diag.runs.check import CheckResult, baseline_report, gate_severity
+
+_RANK = {"info": 0, "warn": 1, "fail": 2}
 
 
 def _short(f: Finding) -> str:
@@ -25,27 +27,16 @@ def _short(f: Finding) -> str:
 
 
 def failing_lines(result: CheckResult) -> list[str]:
-    """One line per block (or the model) with findings at or above the gate, per checkpoint."""
+    """One line per block (or the model) with findings at or above the gate, per checkpoint,
+    tagged with the level the gate counted them at."""
     lines = []
     for v in result.verdicts:
         ck = v.report.checkpoint.path or "model"
         for block, findings in v.failing_blocks().items():
-            level = worst(findings)
+            level = max((gate_severity(f, v.levels) for f in findings), key=_RANK.__getitem__)
             parts = ", ".join(_short(f) for f in findings)
-            tag = "INFO" if level == "ok" else level.upper()
-            lines.append(f"{tag} {ck} {display_name(block)}: {parts}")
+            lines.append(f"{level.upper()} {ck} {display_name(block) or 'model'}: {parts}")
     return lines
-
-
-def verdict_line(result: CheckResult) -> str:
-    """The last line: passed or failed, and at which level."""
-    n = len(result.verdicts)
-    bad = [Path(v.report.checkpoint.path or "model").name for v in result.verdicts
-           if not v.healthy]
-    if not bad:
-        return f"check passed: {n} checkpoint(s) healthy at --fail-on {result.fail_on}"
-    return (f"check failed: {len(bad)} of {n} checkpoint(s) unhealthy at --fail-on "
-            f"{result.fail_on} ({', '.join(bad)})")
 
 
 def check_json(result: CheckResult) -> str:
@@ -60,6 +51,7 @@ def emit_check(
     junit: Path | None = None,
     write_baseline: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    wide: bool | None = None,
 ) -> None:
     """Write every output of `check`.
 
@@ -71,6 +63,8 @@ def emit_check(
       carries the JSON; the runner reads both), the job summary appended to
       `$GITHUB_STEP_SUMMARY` when it is set;
     * stderr: one line per failing block, then the verdict.
+
+    `wide` is the terminal table's layout (`terminal.render`).
 
     Raises:
         UsageError: `write_baseline` with several checkpoints.
@@ -88,7 +82,7 @@ def emit_check(
     else:
         console = make_console()
         for v in result.verdicts:
-            render(v.report, console)
+            render(v.report, console, wide=wide)
         if json_out:
             write_text(Path(json_out), check_json(result))
     if junit is not None:

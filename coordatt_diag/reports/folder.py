@@ -5,21 +5,20 @@
     DIR/report.json   the inspect report (`coordatt_diag/schema/report.schema.json`)
     DIR/plots/        the figures (PNG or SVG)
 
-Everything is rendered into a temporary folder beside DIR and renamed to DIR at the end, so a
-failed run leaves no partial folder and a reader never sees half a report. An existing DIR is
+Everything is rendered into a temporary folder beside DIR and renamed to DIR when the command
+succeeds (`coordatt_diag.reports.atomic.staged_folder`), so a failed or interrupted run leaves no
+partial folder and a reader never sees half a report. An existing DIR is
 replaced only when it holds a previous report (nothing but the files above) or when `force` is
 set.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordatt_diag.errors import UsageError, opt
+from coordatt_diag.errors import UsageError, opt, show_path
+from coordatt_diag.reports.atomic import staged_folder
 from coordatt_diag.results import PathArg, Report
 from coordatt_diag.runs.overlays import Overlays
 
@@ -60,17 +59,26 @@ def check_out_dir(out: PathArg, force: bool = False) -> None:
         UsageError: `out` is a file, the current folder or one of its parents, or a non-empty
             folder that is not a previous report (unless `force`).
     """
+    from coordatt_diag.reports.atomic import check_output_folder
+
+    check_output_folder(out, opt("out"))
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{opt('out', out)} is a file; name a folder")
-    resolved = out.resolve()
+    name = show_path(out)
+    try:
+        resolved = out.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise UsageError(f"{opt('out')} {name} cannot be resolved ({exc}); name another folder") from exc
     cwd = Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents or resolved == Path.home().resolve():
-        raise UsageError(f"{opt('out', out)} is the current folder, one of its parents or your home "
-                         "folder; name a new folder such as diag/")
-    if out.is_dir() and any(out.iterdir()) and not is_previous_report(out) and not force:
-        raise UsageError(f"{opt('out', out)} is not empty and does not hold a previous report; name "
-                         f"another folder or pass {opt('force', True)} to replace it")
+        raise UsageError(f"{opt('out')} {name} is the current folder, one of its parents or your "
+                         "home folder; name a new folder such as diag/")
+    try:
+        occupied = out.is_dir() and any(out.iterdir()) and not is_previous_report(out)
+    except OSError as exc:
+        raise UsageError(f"{opt('out')} {name} cannot be read: {exc.strerror}") from exc
+    if occupied and not force:
+        raise UsageError(f"{opt('out')} {name} is not empty and does not hold a previous report; "
+                         f"name another folder or pass {opt('force', True)} to replace it")
 
 
 def check_overlay_scale(scale: str) -> None:
@@ -139,39 +147,16 @@ def write_report_folder(
     check_overlay_scale(overlay_scale)
     out = Path(out)
     check_out_dir(out, force)
-    parent = out.parent if str(out.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
-    try:
-        plots = render_plots(report, overlays, fmt, overlay_scale)
-        note = overlay_note(overlays, no_overlays_reason, overlay_scale)
+    plots = render_plots(report, overlays, fmt, overlay_scale)
+    note = overlay_note(overlays, no_overlays_reason, overlay_scale)
+    files = ["index.html", "report.md", "report.json"]
+    with staged_folder(out) as tmp:
         (tmp / "plots").mkdir()
-        files = ["index.html", "report.md", "report.json"]
         for plot in plots.all():
             (tmp / "plots" / plot.file).write_bytes(plot.data)
             files.append(f"plots/{plot.file}")
         (tmp / "report.json").write_text(report_json(report), encoding="utf-8")
         (tmp / "report.md").write_text(render_markdown(report, plots, note), encoding="utf-8")
         (tmp / "index.html").write_text(render_html(report, plots, note), encoding="utf-8")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a report is for sharing
-        _swap(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ReportFolder(path=out, files=sorted(files), report=report)
 
-
-def _swap(tmp: Path, out: Path) -> None:
-    """Put the finished folder `tmp` at `out`, replacing what is there."""
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=tmp.parent))
-    old.rmdir()
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(old, out)  # put the previous report back
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from coordatt_diag.results import Finding, MaskStats, display_name
-from coordatt_diag.runs.check import CheckResult, Verdict
+from coordatt_diag.runs.check import CheckResult, Verdict, gate_severity
 
 _COMMAND = {"fail": "error", "warn": "warning", "info": "notice"}
 
@@ -58,8 +58,9 @@ def _cell(text: str) -> str:
 
 def step_summary(result: CheckResult) -> str:
     """The Markdown job summary of a check result."""
-    verdict = "passed" if result.healthy else "failed"
-    lines = [f"## coordatt-diag check {verdict} (fail on {result.fail_on})", ""]
+    from coordatt_diag.reports.wording import verdict_line
+
+    lines = [f"## coordatt-diag {verdict_line(result)}", ""]
     if result.baseline:
         lines += [f"Baseline: `{result.baseline}` (max drop {result.options.max_drop:.0%}, "
                   f"max std-ratio drop {result.options.max_ratio_drop:.0%})", ""]
@@ -90,7 +91,10 @@ def step_summary(result: CheckResult) -> str:
             lines += ["", f"Findings at or above `{v.fail_on}`:", ""]
             for f in v.failing:
                 where = display_name(f.block) + (f" {f.mask}" if f.mask else "")
-                lines.append(f"- **{f.severity.upper()}** `{where}` `{f.code}`: "
+                level = gate_severity(f, v.levels)
+                raised = f" (a {f.severity} the gate counts as {level})" if level != f.severity \
+                    else ""
+                lines.append(f"- **{level.upper()}**{raised} `{where}` `{f.code}`: "
                              f"{_cell(f.message)}; remedy: {_cell(f.remedy)}")
         lines.append("")
     return "\n".join(lines) + "\n"
@@ -98,5 +102,6 @@ def step_summary(result: CheckResult) -> str:
 
 def append_step_summary(result: CheckResult, path: Path) -> None:
     """Append the job summary to `path` (the file `$GITHUB_STEP_SUMMARY` names)."""
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(step_summary(result))
+    from coordatt_diag.reports.atomic import append_text
+
+    append_text(path, step_summary(result))

@@ -106,7 +106,12 @@ def mask_row(block: BlockReport, name: str) -> list[str]:
             pct(m.sat_high), pct(m.exact01), fmt(m.pos_std, 4), fmt(m.chan_std, 4)]
 
 
-EFFECT_COLUMNS = ("masks replaced by", "output change", "top-1 same", "accuracy drop")
+EFFECT_COLUMNS = ("masks replaced by", "output change", "top-1 same", "accuracy change")
+
+
+def accuracy_change(drop: float | None) -> str:
+    """An accuracy drop as the change it is: a drop of 5% is "-5.0%", a gain "+0.8%"."""
+    return "-" if drop is None else f"{-drop:+.1%}"
 
 
 def effect_rows(block: BlockReport) -> list[list[str]]:
@@ -119,7 +124,7 @@ def effect_rows(block: BlockReport) -> list[list[str]]:
         if ab is None:
             continue
         rows.append([label, pct(ab.rel_l2), pct(ab.top1_agreement),
-                     "-" if ab.accuracy_drop is None else f"{ab.accuracy_drop:+.1%}"])
+                     accuracy_change(ab.accuracy_drop)])
     return rows
 
 

@@ -584,7 +584,7 @@ def summary_figure(report: Report, fmt: str = "png") -> bytes | None:
     colors: list[str] = []
     for i, b in enumerate(blocks):
         for j, m in enumerate(b.masks.values()):
-            if m.std is None or not m.std > 0:
+            if m.std is None or not 0 < m.std < math.inf:  # NaN masks have no bar
                 continue
             xs.append(i - 0.4 + bar_w * (j + 0.5))
             heights.append(m.std)
@@ -608,7 +608,8 @@ def summary_figure(report: Report, fmt: str = "png") -> bytes | None:
 
     floor = float(th.get("std_ratio_floor", 0.45))
     floor_mul = float(th.get("std_ratio_floor_multiplicative", 0.0))
-    ratios = [(i, b) for i, b in enumerate(blocks) if b.std_ratio is not None]
+    ratios = [(i, b) for i, b in enumerate(blocks) if b.std_ratio is not None
+              and math.isfinite(b.std_ratio.mean) and math.isfinite(b.std_ratio.min)]
     for hatched in (False, True):
         sel = [(i, b) for i, b in ratios if b.identity_path == hatched]
         if sel:

@@ -11,12 +11,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from coordatt_diag.errors import InputError, UsageError, opt
+from coordatt_diag.runs.trend import HISTORY_SUFFIX, read_history
 
 if TYPE_CHECKING:
     from coordatt_diag.reports.folder import ReportFolder
@@ -28,24 +28,21 @@ FROM_JSON_NOTE = ("Overlays are not available with --from-json: a report JSON ho
 
 
 def read_saved_report(path: PathArg) -> Report:
-    """The report in a JSON file written by `inspect --json` (or a report folder's report.json).
+    """The report in a JSON file written by `inspect --json` (or a report folder's report.json),
+    validated against the report schema, or the latest probe of a watch's JSON-lines history
+    (`.jsonl`).
 
     Raises:
-        InputError: the file is missing or is not a coordatt-diag report.
+        InputError: the file is missing, not JSON, or not a coordatt-diag report.
     """
-    from coordatt_diag.results import Report
+    from coordatt_diag.runs.check import read_report_file
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{opt('from_json', path)} does not exist")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-        return Report.from_dict(data)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise InputError(f"{opt('from_json', path)} is not a coordatt-diag report JSON ({first}); "
-                         "write one with `coordatt-diag inspect ... --json FILE`") from exc
+    if path.suffix == HISTORY_SUFFIX:
+        if not path.is_file():
+            raise InputError(f"{opt('from_json', path)} does not exist")
+        return read_history(path)[-1]  # a watch's history: its latest probe
+    return read_report_file(path, opt("from_json"))
 
 
 def select_blocks(report: Report, pattern: str) -> Report:

@@ -10,13 +10,14 @@ import json
 import sys
 from pathlib import Path
 
-from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from coordatt_diag.reports.atomic import write_bytes, write_text
 from coordatt_diag.reports.json_report import _clean
+from coordatt_diag.reports.terminal import new_table, print_hanging, print_table, words
+from coordatt_diag.reports.wording import legend
 from coordatt_diag.results import display_name
 from coordatt_diag.runs.trend import Trend
 
@@ -34,20 +35,19 @@ def _fmt(v: float | None, digits: int = 4) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def block_table(trend: Trend, index: int, plain: bool) -> Table:
-    """The table of one block: a row per checkpoint, a column per mask statistic."""
+def block_table(trend: Trend, index: int, console: Console) -> Table:
+    """The table of one block: a row per checkpoint, a column per mask statistic (numbers never
+    wrap; headers fold onto two lines where the width asks for it)."""
     b = trend.blocks[index]
-    table = Table(title=f"{display_name(b.name)} ({b.type})", title_justify="left",
-                  box=box.ASCII2 if plain else box.SIMPLE_HEAVY, header_style="bold",
-                  pad_edge=False)
-    table.add_column("checkpoint", no_wrap=True)
+    table = new_table(console)
+    table.add_column("checkpoint", overflow="fold")
     for kind in b.masks:
-        table.add_column(f"{kind} std", justify="right")
+        table.add_column(f"{kind} std", justify="right", min_width=6)
     for kind, s in b.masks.items():
         if any(v is not None for v in s.pos_std):
-            table.add_column(f"{kind} pos std", justify="right")
-    table.add_column("std ratio", justify="right")
-    table.add_column("status", no_wrap=True)
+            table.add_column(f"{kind} pos std", justify="right", min_width=6)
+    table.add_column("std ratio", justify="right", min_width=5)
+    table.add_column("status", min_width=4)
     for i, point in enumerate(trend.points):
         row: list[str | Text] = [point.label]
         row += [_fmt(s.std[i]) for s in b.masks.values()]
@@ -63,7 +63,6 @@ def block_table(trend: Trend, index: int, plain: bool) -> Table:
 
 def render_trend(trend: Trend, console: Console) -> None:
     """Print the checkpoints in order, then one table per block."""
-    plain = console.no_color
     inp = trend.inputs
     console.print(Text(f"{len(trend.points)} checkpoints, {len(trend.blocks)} attention blocks, "
                        f"{inp.samples} samples from {inp.source} (the same for every checkpoint)"))
@@ -72,8 +71,19 @@ def render_trend(trend: Trend, console: Console) -> None:
         line = Text(f"  {p.label:<{width}}  {p.path} ")
         line.append(p.status.upper(), style=_STYLE.get(p.status, ""))
         console.print(line)
-    for i in range(len(trend.blocks)):
-        console.print(block_table(trend, i, plain))
+    for i, b in enumerate(trend.blocks):
+        console.print(Text(f"{display_name(b.name)} ({b.type})", style="bold"))
+        print_table(console, block_table(trend, i, console))
+    print_hanging(console, [(Text("Legend:", style="dim"),
+                             Text(words(console, legend(["std", "pos std", "std ratio"])),
+                                  style="dim"))])
+    if trend.first_seen:
+        console.print(Text("findings, where each first appeared:"))
+        for f in trend.first_seen:
+            mask = f" {f.mask}" if f.mask else ""
+            line = Text(f"  {f.label:<12} {display_name(f.block)}{mask} {f.code} ")
+            line.append(f.severity, style=_STYLE.get(f.severity, ""))
+            console.print(line)
     if inp.note:
         console.print(Text(f"note: {inp.note}", style="dim"))
 
@@ -109,12 +119,26 @@ def _guides(trend: Trend, stat: str) -> list[tuple[float, str]]:
     return [(float(th[k]), k) for k in keys if isinstance(th.get(k), (int, float))]
 
 
+def _first_seen_marks(trend: Trend, xs: list[float]) -> list[tuple[float, str]]:
+    """(x, text) for each checkpoint where findings first appeared: their block, mask and code."""
+    by_point: dict[int, list[str]] = {}
+    for f in trend.first_seen:
+        mask = f" {f.mask}" if f.mask else ""
+        by_point.setdefault(f.point, []).append(f"{display_name(f.block)}{mask} {f.code}")
+    marks = []
+    for point, names in sorted(by_point.items()):
+        shown = names[:4] + ([f"+{len(names) - 4} more"] if len(names) > 4 else [])
+        marks.append((xs[point], "\n".join(shown)))
+    return marks
+
+
 def write_plots(trend: Trend, out_dir: Path) -> list[Path]:
-    """Write `mask_std.png`, `pos_std.png` and `std_ratio.png` into `out_dir` (created).
+    """Write `mask_std.png`, `pos_std.png` and `std_ratio.png` into `out_dir` (created; staged
+    with the command's other outputs, `coordatt_diag.reports.atomic`).
 
     Each plot has one line per block (and mask), over the epochs when every checkpoint records
     its own epoch, else over the checkpoints in order (labelled); dashed lines mark the health
-    thresholds.
+    thresholds, dotted red lines the checkpoints where findings first appeared (named beside them).
 
     Returns:
         The files written.
@@ -122,7 +146,6 @@ def write_plots(trend: Trend, out_dir: Path) -> list[Path]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     if trend.by_epoch:
         xs: list[float] = [float(p.epoch) for p in trend.points if p.epoch is not None]
         xlabel = "epoch"
@@ -146,6 +169,18 @@ def write_plots(trend: Trend, out_dir: Path) -> list[Path]:
             ax.axhline(value, color="grey", linestyle="--", linewidth=0.8)
             ax.annotate(label, (xs[0] if xs else 0.0, value), fontsize=7, color="grey",
                         xytext=(2, 2), textcoords="offset points")
+        for x, text in _first_seen_marks(trend, xs):
+            ax.axvline(x, color="tab:red", linestyle=":", linewidth=1.0)
+            ax.annotate(text, (x, 1.0), xycoords=("data", "axes fraction"), fontsize=6,
+                        color="tab:red", xytext=(-2, -3), textcoords="offset points", va="top",
+                        ha="right", rotation=90)
+        by_label = dict(lines)
+        for f in trend.first_seen:  # ring the point of the mask the finding is about
+            series = by_label.get(f"{display_name(f.block)} {f.mask}") if f.mask else None
+            ringed = series[f.point] if series is not None else None
+            if ringed is not None:
+                ax.plot([xs[f.point]], [ringed], marker="o", markersize=9,
+                        markerfacecolor="none", markeredgecolor="tab:red", linestyle="none")
         if not trend.by_epoch:
             ax.set_xticks(xs)
             ax.set_xticklabels([p.label for p in trend.points], rotation=30, ha="right",

@@ -2,8 +2,10 @@
 with a baseline report.
 
 A checkpoint fails the gate when any of its findings is at or above `fail_on` ("info" < "warn" <
-"fail"). With a baseline (an earlier report of the same architecture, e.g. the one `check
---write-baseline` wrote on the main branch), blocks are matched by name and each one's statistics
+"fail"), each counted at its gate level: its severity, raised for the codes in `levels`
+(`GATE_LEVELS`: a near-constant mask fails by default; see docs/check.md). With a baseline (an
+earlier report of the same architecture, e.g. the one `check --write-baseline` wrote on the main
+branch), blocks are matched by name and each one's statistics
 are compared with the baseline's; what changed for the worse becomes findings that count for the
 gate like any other:
 
@@ -28,15 +30,14 @@ its own healthy level is a regression whatever the absolute value.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coordatt_diag.errors import InputError, UsageError, opt
+from coordatt_diag.errors import InputError, UsageError, one_line, opt, show_path
 from coordatt_diag.health.rules import summarize, worst
 from coordatt_diag.health.thresholds import ThresholdConfig
 from coordatt_diag.results import SEVERITIES, BlockReport, Finding, PathArg, Report, display_name
@@ -48,6 +49,12 @@ CHECK_SCHEMA_ID = "coordatt-diag/check@1"
 
 #: Default `fail_on`: only "fail" findings fail the gate (warnings are reported, not fatal).
 FAIL_ON = "fail"
+#: Findings the gate counts at a higher level than the report gives them (code -> level), unless
+#: `--level CODE=LEVEL` says otherwise. A near-constant mask fails the gate by default: in the
+#: validation study (docs/validation.md, docs/check.md) `near_constant` fired on every collapsed
+#: model and on no healthy one, and no block's std lay between the seed's 0.02 and the warning
+#: threshold 0.03.
+GATE_LEVELS: dict[str, str] = {"near_constant": "fail"}
 #: Default `max_drop`: a mask std or positional std that lost more than half of its baseline value.
 MAX_DROP = 0.5
 #: Default `max_ratio_drop`: a std ratio that lost more than 30% of its baseline value.
@@ -62,6 +69,34 @@ _RANK = {"info": 0, "warn": 1, "fail": 2}
 def at_or_above(severity: str, fail_on: str) -> bool:
     """Whether a finding of `severity` fails a gate set at `fail_on`."""
     return _RANK[severity] >= _RANK[fail_on]
+
+
+def gate_severity(f: Finding, levels: Mapping[str, str]) -> str:
+    """The severity the gate counts a finding at: its own, raised to `levels[f.code]` if higher
+    (a level never lowers a finding)."""
+    level = levels.get(f.code)
+    if level is None or _RANK[level] <= _RANK[f.severity]:
+        return f.severity
+    return level
+
+
+def gate_levels(pairs: Iterable[str] = (), defaults: Mapping[str, str] | None = None,
+                ) -> dict[str, str]:
+    """The gate levels: `defaults` (`GATE_LEVELS`) updated with `CODE=LEVEL` pairs
+    (`--level near_constant=warn` counts near-constant masks as the report does).
+
+    Raises:
+        UsageError: a pair that is not CODE=LEVEL with LEVEL one of info, warn, fail.
+    """
+    levels = dict(GATE_LEVELS if defaults is None else defaults)
+    for pair in pairs:
+        code, sep, level = pair.partition("=")
+        code, level = code.strip(), level.strip().lower()
+        if not sep or not code or level not in SEVERITIES:
+            raise UsageError(f"{opt('level', pair)}: write CODE=LEVEL with LEVEL one of "
+                             f"{', '.join(SEVERITIES)}, e.g. {opt('level', 'near_constant=warn')}")
+        levels[code] = level
+    return levels
 
 
 def check_fail_on(fail_on: str) -> str:
@@ -104,6 +139,7 @@ class Verdict:
         fail_on: the gate level.
         baseline: the baseline report file, if one was given.
         seconds: wall time of the checkpoint's run.
+        levels: the gate levels it was judged with (`GATE_LEVELS`, `--level`).
         started: when the run started (local time, ISO 8601, seconds).
     """
 
@@ -113,6 +149,7 @@ class Verdict:
     baseline: str | None = None
     seconds: float = 0.0
     started: str = ""
+    levels: dict[str, str] = field(default_factory=lambda: dict(GATE_LEVELS))
 
     @property
     def healthy(self) -> bool:
@@ -140,12 +177,14 @@ class CheckResult:
         fail_on: the gate level.
         baseline: the baseline report file, if one was given.
         options: the baseline tolerances.
+        levels: the gate levels (`GATE_LEVELS` updated by `--level`).
     """
 
     verdicts: list[Verdict]
     fail_on: str
     baseline: str | None = None
     options: BaselineOptions = field(default_factory=BaselineOptions)
+    levels: dict[str, str] = field(default_factory=lambda: dict(GATE_LEVELS))
 
     @property
     def healthy(self) -> bool:
@@ -158,6 +197,7 @@ class CheckResult:
             "schema": CHECK_SCHEMA_ID,
             "healthy": self.healthy,
             "fail_on": self.fail_on,
+            "levels": dict(self.levels),
             "baseline": self.baseline,
             "max_drop": self.options.max_drop,
             "max_ratio_drop": self.options.max_ratio_drop,
@@ -181,33 +221,32 @@ class CheckResult:
 
 def read_report_file(path: PathArg, what: str = "report") -> Report:
     """Read a report JSON written by `inspect --json` or `check --write-baseline` (or the report of
-    a one-checkpoint `check --json`).
+    a one-checkpoint `check --json`), validated against the report schema first.
 
     Raises:
-        InputError: the file is missing, not JSON, or not a coordatt-diag report.
+        InputError: the file is missing, not a regular file, not JSON, nested too deeply, or not
+            a coordatt-diag report (the message names the first bad field).
     """
+    from coordatt_diag.load.report_file import check_report_data, read_json_file
+
     path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError as exc:
-        raise InputError(f"{what} {path} does not exist") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{what} {path} is not a readable JSON file: {exc}") from exc
+    data = read_json_file(path, what)
     if isinstance(data, dict) and data.get("schema") == CHECK_SCHEMA_ID:
-        checkpoints = data.get("checkpoints") or []
-        if len(checkpoints) != 1:
+        checkpoints = data.get("checkpoints")
+        if not isinstance(checkpoints, list) or len(checkpoints) != 1:
+            n = len(checkpoints) if isinstance(checkpoints, list) else 0
             raise InputError(
-                f"{what} {path} is a check result for {len(checkpoints)} checkpoints; write a "
+                f"{what} {show_path(path)} is a check result for {n} checkpoints; write a "
                 "baseline for one with `coordatt-diag check --write-baseline`"
             )
-        data = checkpoints[0].get("report")
+        data = checkpoints[0].get("report") if isinstance(checkpoints[0], dict) else None
+    check_report_data(data, path, what)
     try:
         return Report.from_dict(data)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise InputError(
-            f"{what} {path} is not a coordatt-diag report ({exc}); write one with "
-            "`coordatt-diag inspect --json` or `coordatt-diag check --write-baseline`"
+            f"{what} {show_path(path)} is not a coordatt-diag report ({one_line(str(exc), 200)}); "
+            "write one with `coordatt-diag inspect --json` or `coordatt-diag check --write-baseline`"
         ) from exc
 
 
@@ -385,6 +424,7 @@ def judge_report(
     baseline: Report | None = None,
     options: BaselineOptions | None = None,
     thresholds: ThresholdConfig | None = None,
+    levels: Mapping[str, str] | None = None,
 ) -> Verdict:
     """The gate's verdict on one report.
 
@@ -394,19 +434,22 @@ def judge_report(
         baseline: an earlier report to compare with (`compare_to_baseline`).
         options: the baseline tolerances.
         thresholds: the thresholds whose floors the baseline comparison uses.
+        levels: finding code -> the level the gate counts it at, when higher than its severity
+            (default `GATE_LEVELS`).
 
     Returns:
         The verdict, with the baseline findings added to the report.
     """
     check_fail_on(fail_on)
+    gate = dict(GATE_LEVELS if levels is None else levels)
     if baseline is not None:
         report = add_findings(report, compare_to_baseline(report, baseline, options, thresholds))
     order = {b.name: i for i, b in enumerate(report.blocks)}
     every = [f for b in report.blocks for f in b.findings] + list(report.findings)
-    failing = [f for f in every if at_or_above(f.severity, fail_on)]
+    failing = [f for f in every if at_or_above(gate_severity(f, gate), fail_on)]
     # blocks in model order, then blocks only the baseline has, then the model-level findings
     failing.sort(key=lambda f: order.get(f.block, len(order) + (f.block == "")))
-    return Verdict(report=report, failing=failing, fail_on=fail_on)
+    return Verdict(report=report, failing=failing, fail_on=fail_on, levels=gate)
 
 
 def check_checkpoints(
@@ -416,6 +459,7 @@ def check_checkpoints(
     fail_on: str = FAIL_ON,
     baseline: PathArg | None = None,
     baseline_options: BaselineOptions | None = None,
+    levels: Mapping[str, str] | None = None,
     progress: Progress | None = None,
     on_checkpoint: Callable[[int, Path], None] | None = None,
 ) -> CheckResult:
@@ -428,6 +472,7 @@ def check_checkpoints(
         fail_on: "info", "warn" or "fail".
         baseline: a report JSON to compare each checkpoint with.
         baseline_options: the baseline tolerances.
+        levels: finding code -> gate level (default `GATE_LEVELS`; see `gate_levels`).
         progress: called with the number of batches done.
         on_checkpoint: called with the index and path before each checkpoint.
 
@@ -443,10 +488,20 @@ def check_checkpoints(
     from coordatt_diag.runs.multirun import expand_paths, inspect_checkpoints
 
     check_fail_on(fail_on)
+    gate = dict(GATE_LEVELS if levels is None else levels)
     bopts = baseline_options or BaselineOptions()
     opts = options or InspectOptions()
     thresholds = load_thresholds(opts.config)
-    base = read_report_file(baseline, "baseline") if baseline is not None else None
+    for option, share in ((opt("max_drop"), bopts.max_drop),
+                          (opt("max_ratio_drop"), bopts.max_ratio_drop)):
+        if not 0 <= share <= 1:  # NaN fails too
+            raise UsageError(f"{option} is a share of the baseline value, between 0 and 1; got "
+                             f"{share}")
+    base = read_report_file(baseline, opt("baseline")) if baseline is not None else None
+    if base is not None and not base.blocks:
+        raise UsageError(f"{opt('baseline')} {show_path(baseline)} holds no attention block, so it "
+                         "cannot catch a regression; write it from the model with "
+                         "`coordatt-diag check --write-baseline`")
     files = expand_paths(paths)
     times: list[tuple[str, float]] = []
 
@@ -459,9 +514,10 @@ def check_checkpoints(
     times.append(("", time.perf_counter()))
     verdicts = []
     for i, report in enumerate(reports):
-        v = judge_report(report, fail_on, base, bopts, thresholds)
+        v = judge_report(report, fail_on, base, bopts, thresholds, gate)
         verdicts.append(dataclasses.replace(
             v, baseline=str(baseline) if baseline is not None else None,
             started=times[i][0], seconds=round(times[i + 1][1] - times[i][1], 3)))
     return CheckResult(verdicts=verdicts, fail_on=fail_on,
-                       baseline=str(baseline) if baseline is not None else None, options=bopts)
+                       baseline=str(baseline) if baseline is not None else None, options=bopts,
+                       levels=gate)

@@ -66,6 +66,9 @@ def load_labels(path: PathArg) -> torch.Tensor:
     if not isinstance(obj, torch.Tensor):
         raise InputError(f"{opt('labels', path)} holds a {type(obj).__name__}; expected a 1-D tensor "
                          "of class indices")
+    from coordatt_diag.load.inputs import check_plain_tensor
+
+    check_plain_tensor(obj, f"--labels {path}")
     if obj.dim() != 1 or obj.numel() == 0:
         raise InputError(f"{opt('labels', path)} holds a tensor of shape {tuple(obj.shape)}; expected "
                          "(N,) class indices, one per input sample")

@@ -39,6 +39,7 @@ from coordatt_diag.results import (
     MaskEffect,
     PathArg,
     Report,
+    WeightInit,
 )
 from coordatt_diag.runs import distributed
 from coordatt_diag.runs.forward import _forward, _forward_errors, _model_device, model_dtype, preserved_mode
@@ -121,14 +122,46 @@ def _compile_pattern(pattern: str | None) -> str | None:
     return pattern
 
 
-def find_blocks(model: nn.Module, sample: torch.Tensor, pattern: str | None = None) -> list[BlockSpec]:
+def _grad_off(inference: bool) -> contextlib.AbstractContextManager[Any]:
+    """`torch.inference_mode` for a run on its own; `torch.no_grad` inside a training, whose
+    lazily built tensors (anchor grids, caches) must stay usable by autograd afterwards."""
+    return torch.inference_mode() if inference else torch.no_grad()
+
+
+def find_blocks(model: nn.Module, sample: torch.Tensor, pattern: str | None = None,
+                inference: bool = True) -> list[BlockSpec]:
     """Discover the attention blocks with one traced forward pass (see `capture`).
+
+    With `inference` False the pass runs under `no_grad` instead of `inference_mode`.
 
     Raises:
         NoBlocksError: nothing found; the message says what was searched and how to use --blocks.
     """
+    return discover(model, sample, pattern, measure=False, inference=inference).blocks
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """What the fixed costs of a run found: the blocks and, when measured, the peak activation
+    bytes per sample (the memory pre-check's figure, `coordatt_diag.load.memory`)."""
+
+    blocks: list[BlockSpec]
+    per_sample: int | None = None
+
+
+def discover(model: nn.Module, sample: torch.Tensor, pattern: str | None = None,
+             measure: bool = True, inference: bool = True) -> Discovery:
+    """`find_blocks` on `sample`, then (`measure`) the activation memory of one of its samples.
+
+    The measurement is a plain forward pass of one sample under `memory.LiveBytes`: the
+    discovery pass cannot give it, as the tracer keeps the tensors it tags alive until their
+    module call returns (2.4x the true peak on MobileNetV2-CoordAtt).
+
+    Raises:
+        NoBlocksError: as `find_blocks`.
+    """
     pattern = _compile_pattern(pattern)
-    with preserved_mode(model), torch.inference_mode(), _forward_errors(sample):
+    with preserved_mode(model), _grad_off(inference), _forward_errors(sample):
         specs = discover_blocks(model, sample, pattern)
     if not specs:
         n = sum(1 for _ in model.modules())
@@ -138,7 +171,52 @@ def find_blocks(model: nn.Module, sample: torch.Tensor, pattern: str | None = No
             "sigmoid, relu6(x+3)/6) whose output multiplies the module's input; name the "
             f"attention modules with {opt('blocks', 'REGEX')} if they compute masks another way"
         )
-    return specs
+    per_sample = None
+    if measure:
+        with preserved_mode(model), _forward_errors(sample):
+            per_sample = memory.measure_activations(model, sample[:1])
+    return Discovery(blocks=specs, per_sample=per_sample)
+
+
+class DiscoveryCache:
+    """Discoveries made in one run, for runs of several checkpoints of one architecture
+    (`check`, `trend`, `compare`: `coordatt_diag.runs.multirun`): the first checkpoint is
+    discovered (and its memory measured) in a traced pass, the others reuse it.
+
+    The key is what discovery depends on besides the weights of large tensors: the model's class,
+    its module tree (names and classes), the name, shape and dtype of every parameter and buffer,
+    the values of the one-element ones (a learned `alpha` read as a scalar while discovering can
+    decide whether a block keeps an identity path), the input's shape, dtype and device, and
+    the --blocks pattern. Two checkpoints that differ in any of these are discovered apart.
+    """
+
+    def __init__(self) -> None:
+        self._found: dict[tuple[Any, ...], Discovery] = {}
+        self.hits = 0
+
+    @staticmethod
+    def key(model: nn.Module, sample: torch.Tensor, pattern: str | None) -> tuple[Any, ...]:
+        cls = type(model)
+        tree = tuple((name, type(m).__qualname__) for name, m in model.named_modules())
+        tensors = tuple(
+            (name, tuple(t.shape), str(t.dtype), t.detach().reshape(()).item()
+             if t.numel() == 1 else None)
+            for name, t in [*model.named_parameters(), *model.named_buffers()]
+        )
+        return (cls.__module__, cls.__qualname__, tree, tensors, tuple(sample.shape),
+                str(sample.dtype), str(sample.device), pattern)
+
+    def discover(self, model: nn.Module, sample: torch.Tensor, pattern: str | None = None,
+                 measure: bool = True) -> Discovery:
+        """`discover`, or the cached discovery of an identical architecture and input."""
+        key = self.key(model, sample, pattern)
+        found = self._found.get(key)
+        if found is not None and (found.per_sample is not None or not measure):
+            self.hits += 1
+            return found
+        found = discover(model, sample, pattern, measure=measure)
+        self._found[key] = found
+        return found
 
 
 def _weight_rms(module: nn.Module) -> float | None:
@@ -148,6 +226,124 @@ def _weight_rms(module: nn.Module) -> float | None:
             total += float(p.detach().double().pow(2).sum())
             count += p.numel()
     return math.sqrt(total / count) if count else None
+
+
+#: A tensor's std may differ from its init distribution's by this many standard errors of a
+#: sample std (the std of a std estimate over n values is ~ k / sqrt(n): k 0.45 for a uniform
+#: draw, 0.71 for a normal one) and still count as "at init"; never less than 5 %.
+_INIT_SIGMAS = 4.0
+_INIT_MIN_TOLERANCE = 0.05
+_UNIFORM_K, _NORMAL_K = math.sqrt(0.2), math.sqrt(0.5)
+
+
+def _declared_inits(module: nn.Module) -> dict[str, float]:
+    """Parameter name (relative to `module`) -> std of the normal init its block declares.
+
+    A block declares the init of weights that do not keep PyTorch's default with a
+    `weight_init_std` dict attribute ({"head.weight": 0.01}), as the package's own blocks do.
+    """
+    out: dict[str, float] = {}
+    for prefix, sub in module.named_modules():
+        declared = getattr(sub, "weight_init_std", None)
+        if isinstance(declared, dict):
+            for name, std in declared.items():
+                if isinstance(std, (int, float)) and std > 0:
+                    out[f"{prefix}.{name}" if prefix else name] = float(std)
+    return out
+
+
+def weight_init(module: nn.Module) -> WeightInit | None:
+    """Whether the weight tensors (dim > 1) of `module` still look like their init.
+
+    Each tensor is compared with the init its block declares (`weight_init_std`), else with
+    PyTorch's default for convolutions and linear layers (kaiming_uniform with a = sqrt(5):
+    uniform in +-1/sqrt(fan_in), std 1/sqrt(3 fan_in)); an all-zero tensor is at a zero init. A
+    tensor is at init when its values stay inside the init's range (the uniform bound, or 6 std
+    for a normal init), its std is within `_INIT_SIGMAS` standard errors of the init's std and
+    its layer's bias, if any, inside its own init range (+-1/sqrt(fan_in), or 0 for a declared
+    init).
+    Weight decay shrinks the std and training pushes values past the bound, so neither a
+    collapsed nor a trained tensor passes.
+    """
+    declared = _declared_inits(module)
+    tensors = at_init = values = 0
+    ratios: list[float] = []
+    bound_ratios: list[float] = []
+    kinds: list[str] = []
+    params = dict(module.named_parameters())
+    for name, p in params.items():
+        if p.dim() < 2 or p.numel() < 2:
+            continue
+        w = p.detach().double()
+        bias = params.get(name.removesuffix("weight") + "bias") if name.endswith("weight") else None
+        tensors += 1
+        n = w.numel()
+        values += n
+        peak = float(w.abs().max())
+        std = float(w.std())
+        if not (math.isfinite(peak) and math.isfinite(std)):
+            kinds.append("uniform(1/sqrt(fan_in))")
+            continue
+        b_peak = 0.0 if bias is None else float(bias.detach().double().abs().max())
+        if peak == 0.0:
+            at_init += int(b_peak == 0.0)
+            ratios.append(1.0)
+            kinds.append("zeros")
+            continue
+        if name in declared:
+            init_std, k, limit = declared[name], _NORMAL_K, 6.0 * declared[name]
+            kinds.append(f"normal({declared[name]:g})")
+        else:
+            fan_in = w[0].numel()
+            limit = 1.0 / math.sqrt(fan_in)
+            init_std, k = limit / math.sqrt(3.0), _UNIFORM_K
+            kinds.append("uniform(1/sqrt(fan_in))")
+            bound_ratios.append(peak / limit)
+        ratio = std / init_std
+        ratios.append(ratio)
+        tolerance = max(_INIT_MIN_TOLERANCE, _INIT_SIGMAS * k / math.sqrt(n))
+        # a bias keeps PyTorch's default U(+-1/sqrt(fan_in)) or a declared block's zeros
+        b_limit = 0.0 if name in declared else 1.0 / math.sqrt(w[0].numel())
+        if (peak <= limit * (1 + 1e-6) and abs(ratio - 1.0) <= tolerance
+                and b_peak <= b_limit * (1 + 1e-6)):
+            at_init += 1
+    if not tensors:
+        return None
+    ratios.sort()
+    return WeightInit(
+        tensors=tensors, at_init=at_init, values=values,
+        std_ratio=ratios[len(ratios) // 2] if ratios else None,
+        max_bound_ratio=max(bound_ratios) if bound_ratios else None,
+        init="+".join(dict.fromkeys(kinds)),
+    )
+
+
+def _scalar_attr(module: nn.Module, name: str) -> float | None:
+    v = getattr(module, name, None)
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return float(v.detach())
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    return None
+
+
+def scale_floor(module: nn.Module) -> float | None:
+    """The smallest scale of its input a block with the package's blend can output.
+
+    The blend `scale = (1 - alpha) + alpha * att` with `att = 1 + beta * (a - 1)` (attention
+    residual, beta 1 without one), per axis with `alpha_h` / `alpha_w`, reaches its least value
+    where every mask is 0: 1 - alpha * beta, or 1 + beta * ((1 - alpha_h)(1 - alpha_w) - 1).
+    None for a block without an `alpha` (its blend is unknown).
+    """
+    beta = _scalar_attr(module, "beta")
+    b = 1.0 if beta is None else beta
+    alpha = _scalar_attr(module, "alpha")
+    if alpha is not None:
+        return max(0.0, 1.0 - alpha * b)
+    ah, aw = _scalar_attr(module, "alpha_h"), _scalar_attr(module, "alpha_w")
+    if ah is not None and aw is not None:
+        return max(0.0, 1.0 + b * ((1.0 - ah) * (1.0 - aw) - 1.0))
+    return None
 
 
 def finalize(
@@ -171,6 +367,11 @@ def finalize(
             extra.update(probe(module))
         for observer in state.observers:
             extra.update(observer.results(spec.name, module))
+        if spec.forced:
+            extra["forced"] = True  # named by --blocks, not selected by the search
+        parts = {m: p for m, p in zip(spec.masks, spec.parts, strict=False) if p}
+        if parts:
+            extra["parts"] = parts  # mask -> the child of the block it comes from
         block = BlockReport(
             name=spec.name,
             type=spec.type,
@@ -183,6 +384,8 @@ def finalize(
             weight_rms=_weight_rms(module),
             extra=extra,
             effect=(effects or {}).get(spec.name),
+            weight_init=weight_init(module),
+            scale_floor=scale_floor(module),
         )
         blocks.append(judge_block(block, thresholds.for_block(spec.name)))
     return Report(
@@ -206,6 +409,10 @@ def run_batches(
     device: torch.device | str | None = None,
     progress: Progress | None = None,
     dtype: torch.dtype | None = None,
+    discoveries: DiscoveryCache | None = None,
+    blocks: list[BlockSpec] | None = None,
+    inference: bool = True,
+    shard: bool = True,
 ) -> RunState:
     """Discover the blocks on the first batch, then stream every batch's mask statistics.
 
@@ -216,6 +423,13 @@ def run_batches(
         device: where to run (default: where the model's parameters are).
         progress: called with the number of batches done after each batch.
         dtype: the dtype floating inputs are cast to (default: the model's).
+        discoveries: discoveries of earlier models of this run (see `DiscoveryCache`).
+        blocks: blocks found already (`find_blocks`): no discovery and no memory pre-check (a
+            watch during training, `coordatt_diag.runs.watch`).
+        inference: run under `torch.inference_mode` (False: `torch.no_grad`, for a model that
+            goes on training).
+        shard: under torchrun, share the batches among the ranks (False: this process runs
+            them all and nothing is gathered).
 
     Under torchrun (see `coordatt_diag.runs.distributed`) each rank runs every world-th batch and the
     returned state holds the merged statistics of all ranks.
@@ -233,19 +447,28 @@ def run_batches(
     first = _to(first, dev, dtype)
     # two samples: a gate computed from a parameter has batch size 1 and must not pass for a mask
     probe = first[:2] if first.shape[0] >= 2 else first.repeat(2, *([1] * (first.dim() - 1)))
-    specs = find_blocks(model, probe, blocks_pattern)
-    state = RunState(blocks=specs)
-    shard = distributed.group(dev)
+    found: Discovery | None = None
+    if blocks is None:
+        # the memory pre-check's activation peak is measured with the discovery
+        measure = memory.enabled()
+        found = (discoveries.discover(model, probe, blocks_pattern, measure)
+                 if discoveries is not None
+                 else discover(model, probe, blocks_pattern, measure, inference=inference))
+        blocks = list(found.blocks)
+    state = RunState(blocks=list(blocks))
+    group = distributed.group(dev) if shard else None
     error: tuple[str, str, int] | None = None
     try:
-        with preserved_mode(model), _forward_errors(probe):
-            memory.check_batch(model, probe, first)  # before the run, not halfway through it
-        with torch.inference_mode(), state.capture(model):
+        if found is not None:
+            with preserved_mode(model), _forward_errors(probe):
+                # before the run, not halfway through it
+                memory.check_batch(model, probe, first, per_sample=found.per_sample)
+        with _grad_off(inference), state.capture(model):
             done = 0
             index = 0
             batch: torch.Tensor | None = first
             while batch is not None:
-                if shard is None or shard.owns(index):
+                if group is None or group.owns(index):
                     _forward(model, batch)
                     done += 1
                     if progress is not None:
@@ -254,10 +477,10 @@ def run_batches(
                 nxt = next(it, None)
                 batch = _to(nxt, dev, dtype) if nxt is not None else None
     except Exception as exc:
-        if shard is None:
+        if group is None:
             raise
         error = distributed.error_payload(exc)  # the other ranks must hear of it
-    if shard is not None:
+    if group is not None:
         state = _merged(state, error)
     return state
 

@@ -11,12 +11,14 @@ checkpoint streams its inputs as `inspect` does.
 from __future__ import annotations
 
 import copy
+import functools
 import glob
+import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from coordatt_diag.errors import CheckpointError, DiagError, UsageError, opt
 
@@ -111,7 +113,11 @@ def expand_paths(paths: Iterable[PathArg]) -> list[Path]:
     for arg in paths:
         p = Path(arg)
         text = str(p)
-        if not p.exists() and _GLOB_CHARS.search(text):
+        try:
+            exists = os.path.lexists(p)
+        except (OSError, ValueError):
+            exists = True  # a name too long or with a NUL: read_checkpoint says what is wrong
+        if not exists and _GLOB_CHARS.search(text):
             matches = sorted(glob.glob(text, recursive=True), key=natural_key)
             if not matches:
                 raise CheckpointError(f"no checkpoint matches {text!r}")
@@ -119,7 +125,7 @@ def expand_paths(paths: Iterable[PathArg]) -> list[Path]:
         else:
             found = [p]
         for f in found:
-            key = f.resolve()
+            key = Path(os.path.realpath(f))  # no error on a symlink loop (reported later)
             if key not in seen:
                 seen.add(key)
                 out.append(f)
@@ -133,6 +139,16 @@ def _naming(exc: DiagError, path: Path) -> DiagError:
     named = copy.copy(exc)  # same class and exit code
     named.args = (f"{path}: {exc.raw}", *exc.args[1:])
     return named
+
+
+class _Replay:
+    """The cached batches, as an input stream the mask effect can open again."""
+
+    def __init__(self, cache: BatchCache) -> None:
+        self.cache = cache
+
+    def batches(self) -> Iterator[torch.Tensor]:
+        return iter(self.cache)
 
 
 def _check_pattern(pattern: str | None) -> None:
@@ -152,6 +168,9 @@ def inspect_checkpoints(
 ) -> list[Report]:
     """`inspect_checkpoint` for each path, on the same inputs read once (see the module doc).
 
+    With `options.effect` each checkpoint's mask effect is measured on the same batches (and
+    `options.labels` lined up with them), as `inspect --effect` does.
+
     Args:
         paths: checkpoint files, run in this order (one model in memory at a time).
         options: the inspect options (inputs, model factory, thresholds, ...).
@@ -167,12 +186,20 @@ def inspect_checkpoints(
     from coordatt_diag.health.thresholds import load_thresholds
     from coordatt_diag.load.checkpoint import add_import_paths, load_model
     from coordatt_diag.load.inputs import input_channels, open_inputs
-    from coordatt_diag.runs.inspect import InspectOptions, finalize, place_model, run_batches
+    from coordatt_diag.runs.inspect import (
+        DiscoveryCache,
+        InspectOptions,
+        _effect_labels,
+        finalize,
+        place_model,
+        run_batches,
+    )
 
     if not paths:
         raise UsageError("no checkpoint given")
     opts = options or InspectOptions()
     thresholds = load_thresholds(opts.config)
+    labels = _effect_labels(opts)
     _check_pattern(opts.blocks)
     add_import_paths(list(opts.paths), list(opts.imports))
     done = 0
@@ -184,6 +211,7 @@ def inspect_checkpoints(
             progress(done)
 
     reports: list[Report] = []
+    discoveries = DiscoveryCache()  # checkpoints of one architecture are discovered once
     with BatchCache() as cache:
         info = None
         for i, path in enumerate(paths):
@@ -194,23 +222,36 @@ def inspect_checkpoints(
                                     factory_args=opts.model_args, main_module=opts.main_module)
                 placement = place_model(loaded.model, opts.device, opts.half, opts.half_dtype)
                 if info is None:
-                    stream = open_inputs(
-                        images=opts.images, tensors=opts.tensors,
+                    open_stream = functools.partial(
+                        open_inputs, images=opts.images, tensors=opts.tensors,
                         channels=input_channels(loaded.model), imgsz=opts.imgsz,
                         normalize=opts.normalize, batch_size=opts.batch_size,
                         batches=opts.batches, seed=opts.seed, model=loaded.model,
                     )
+                    stream = open_stream()
                     if len(paths) == 1:
                         batches: Iterable[torch.Tensor] = stream.batches()
                     else:
                         batches = cache.fill(stream.batches())
                     state = run_batches(loaded.model, batches, blocks_pattern=opts.blocks,
-                                        device=placement.device, progress=count)
+                                        device=placement.device, progress=count,
+                                        discoveries=discoveries)
                     info = stream.info()
                 else:
                     state = run_batches(loaded.model, cache, blocks_pattern=opts.blocks,
-                                        device=placement.device, progress=count)
-                reports.append(finalize(loaded.model, state, thresholds, loaded.info, info))
+                                        device=placement.device, progress=count,
+                                        discoveries=discoveries)
+                effects = None
+                if opts.effect:
+                    from coordatt_diag.runs.effect import effect_of_inputs
+
+                    again: Callable[[], Any] = (open_stream if len(paths) == 1
+                                                else functools.partial(_Replay, cache))
+                    effects = effect_of_inputs(loaded.model, state.blocks, again, info,
+                                               labels=labels, limited=opts.batches is not None,
+                                               device=placement.device)
+                reports.append(finalize(loaded.model, state, thresholds, loaded.info, info,
+                                        effects=effects))
                 del loaded, state
             except DiagError as exc:
                 raise _naming(exc, path) from exc

@@ -82,6 +82,25 @@ class BlockSeries:
 
 
 @dataclass(frozen=True)
+class FirstSeen:
+    """Where a finding first appeared in the trend.
+
+    Attributes:
+        code, block, mask: what identifies the finding.
+        severity: its severity at that checkpoint.
+        point: the index of that checkpoint in `Trend.points`.
+        label: that checkpoint's label.
+    """
+
+    code: str
+    block: str
+    mask: str | None
+    severity: str
+    point: int
+    label: str
+
+
+@dataclass(frozen=True)
 class Trend:
     """Block statistics across checkpoints: `coordatt-diag trend --json`.
 
@@ -90,12 +109,15 @@ class Trend:
         blocks: the blocks, in model order (blocks that appear later are appended).
         inputs: the inputs every checkpoint was run on.
         thresholds: the thresholds the findings were judged with (of the first checkpoint).
+        first_seen: each finding (code, block, mask) at the checkpoint where it first appeared,
+            in order.
     """
 
     points: list[TrendPoint]
     blocks: list[BlockSeries]
     inputs: InputsInfo
     thresholds: dict[str, Any] = field(default_factory=dict)
+    first_seen: list[FirstSeen] = field(default_factory=list)
 
     @property
     def by_epoch(self) -> bool:
@@ -126,12 +148,21 @@ def order_reports(reports: list[Report]) -> list[Report]:
     return sorted(reports, key=key)
 
 
+def _name(report: Report, path: str) -> str:
+    """A watch's label for its probe (history lines), else the checkpoint's file name."""
+    watch = report.checkpoint.extra.get("watch")
+    if isinstance(watch, dict) and watch.get("label"):
+        return str(watch["label"])
+    return Path(path).name
+
+
 def _labels(reports: list[Report]) -> list[str]:
-    """"epoch N", or the file name without an epoch; a repeated epoch gets the file name too
-    (the path when the names repeat), so that every checkpoint reads apart."""
+    """"epoch N", or the name without an epoch (a watch's probe label, else the file name); a
+    repeated epoch gets the name too (the path when the names repeat), so that every checkpoint
+    reads apart."""
     paths = [r.checkpoint.path or "model" for r in reports]
     epochs = [_epoch(r) for r in reports]
-    names = [Path(p).name for p in paths]
+    names = [_name(r, p) for r, p in zip(reports, paths, strict=True)]
     out = []
     for path, name, epoch in zip(paths, names, epochs, strict=True):
         if epoch is None:
@@ -161,15 +192,17 @@ def build_trend(reports: list[Report], order: bool = True) -> Trend:
     points = []
     names: list[str] = []
     types: dict[str, str] = {}
+    first_seen: dict[tuple[str, str, str | None], FirstSeen] = {}
     labels = _labels(ordered)
-    for r, label in zip(ordered, labels, strict=True):
+    for i, (r, label) in enumerate(zip(ordered, labels, strict=True)):
         epoch = _epoch(r)
         path = r.checkpoint.path or "model"
-        points.append(TrendPoint(
-            path=path, epoch=epoch, label=label,
-            sha256=r.checkpoint.sha256, status=r.summary.status,
-            findings=[f for b in r.blocks for f in b.findings] + list(r.findings),
-        ))
+        findings = [f for b in r.blocks for f in b.findings] + list(r.findings)
+        points.append(TrendPoint(path=path, epoch=epoch, label=label, sha256=r.checkpoint.sha256,
+                                 status=r.summary.status, findings=findings))
+        for f in findings:
+            first_seen.setdefault((f.code, f.block, f.mask), FirstSeen(
+                code=f.code, block=f.block, mask=f.mask, severity=f.severity, point=i, label=label))
         for b in r.blocks:
             if b.name not in types:
                 names.append(b.name)
@@ -191,7 +224,53 @@ def build_trend(reports: list[Report], order: bool = True) -> Trend:
         blocks.append(BlockSeries(name=name, type=types[name], masks=masks, std_ratio=ratio,
                                   status=status))
     return Trend(points=points, blocks=blocks, inputs=ordered[0].inputs,
-                 thresholds=dict(ordered[0].thresholds))
+                 thresholds=dict(ordered[0].thresholds), first_seen=list(first_seen.values()))
+
+
+HISTORY_SUFFIX = ".jsonl"
+
+
+def read_history(path: Path) -> list[Report]:
+    """The reports of a watch's JSON-lines history (`coordatt_diag.watch.MaskWatch`), in the
+    order they were written; each report's `checkpoint.path` becomes `FILE:LINE`.
+
+    A last line cut short (the training was killed while writing it) is skipped.
+
+    Raises:
+        InputError: the file is missing, or a line is not a coordatt-diag report.
+    """
+    import json
+
+    from coordatt_diag.errors import InputError
+
+    if not path.is_file():
+        raise InputError(f"{path} does not exist")
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.read().split("\n")
+    reports: list[Report] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            report = Report.from_dict(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == len(lines):  # no newline after it: a partial last line
+                continue
+            raise InputError(f"{path}:{number} is not JSON ({exc.msg}); a watch history holds "
+                             "one report per line") from exc
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise InputError(f"{path}:{number} is not a coordatt-diag report ({first})") from exc
+        checkpoint = dataclasses.replace(report.checkpoint, path=f"{path}:{number}")
+        reports.append(dataclasses.replace(report, checkpoint=checkpoint))
+    if not reports:
+        raise InputError(f"{path} holds no report yet (the watch writes one per probe)")
+    return reports
+
+
+def trend_history(path: Path) -> Trend:
+    """The trend of a watch's history, in the order the probes ran."""
+    return build_trend(read_history(path), order=False)
 
 
 def trend_checkpoints(
@@ -217,5 +296,19 @@ def trend_checkpoints(
     """
     from coordatt_diag.runs.multirun import expand_paths, inspect_checkpoints
 
+    if any(Path(p).suffix == HISTORY_SUFFIX for p in paths):
+        return _history_trend([Path(p) for p in paths], options)
     files = expand_paths(paths)
     return build_trend(inspect_checkpoints(files, options, progress, on_checkpoint))
+
+
+def _history_trend(paths: list[Path], options: InspectOptions | None) -> Trend:
+    from coordatt_diag.errors import UsageError
+    from coordatt_diag.runs.inspect import InspectOptions
+
+    if len(paths) != 1:
+        raise UsageError("trend reads one watch history (.jsonl) at a time, without checkpoints")
+    if options is not None and options != InspectOptions():
+        raise UsageError("a watch history holds its statistics: the model, input and threshold "
+                         "options do not apply to it")
+    return trend_history(Path(paths[0]))

@@ -19,6 +19,9 @@ Definitions (the README's "Statistics" section repeats them):
 * `pos_std`: for each sample and channel, the population std of the mask along its positional
   axes (H for a_h, W for a_w, H*W for a_hw and spatial), averaged over samples and channels;
 * `chan_std`: population std across channels of each channel's mean value;
+* `sample_std`: for each channel, the population std over samples of the channel's mean over
+  positions, averaged over channels: how much the mask follows the input (0: the same mask for
+  every input, a learnt constant scale);
 * `hist`: 64 bins over [0, 1];
 * std ratio: per batch mean_i std(out_i) / mean_i std(x_i), population std over C*H*W of each
   sample (the seed's `r_out_pre`); reported as the sample-weighted mean over batches and the
@@ -57,6 +60,7 @@ class _Part:
     pos_rows: int | torch.Tensor
     sum_h: torch.Tensor | None  # (C, H): sums over samples and W (taken by the accumulator)
     sum_w: torch.Tensor | None  # (C, W): sums over samples and H
+    sq_c: torch.Tensor | None  # (C,): sums over samples of the squared per-sample channel means
     samples: int
     shape: tuple[int, int, int]
 
@@ -110,11 +114,17 @@ def _batch_part(mask: torch.Tensor) -> _Part:
         ])
     else:
         counts = torch.zeros(4, dtype=torch.int64, device=m.device)
-    sum_h = m.sum(dim=(0, 3))
-    sum_w = sum_h.sum(dim=1, keepdim=True) if w == 1 else m.sum(dim=(0, 2))
+    # one pass over the mask when one axis is 1 (a_h, a_w, channel masks): the other sum follows
+    if h == 1:
+        sum_w = m.sum(dim=(0, 2))
+        sum_h = sum_w.sum(dim=1, keepdim=True)
+    else:
+        sum_h = m.sum(dim=(0, 3))
+        sum_w = sum_h.sum(dim=1, keepdim=True) if w == 1 else m.sum(dim=(0, 2))
+    sq_c = row_mean.reshape(b, c).to(_F64).pow(2).sum(dim=0)
     return _Part(
         n=m.numel(), scal=torch.stack([mean, m2, lo, hi, pos_sum]), counts=counts, hist=hist,
-        pos_rows=b * c if length > 1 else 0, sum_h=sum_h, sum_w=sum_w, samples=b,
+        pos_rows=b * c if length > 1 else 0, sum_h=sum_h, sum_w=sum_w, sq_c=sq_c, samples=b,
         shape=(c, h, w),
     )
 
@@ -160,6 +170,7 @@ def _masked_part(m: torch.Tensor) -> _Part:
         counts=counts,
         hist=torch.histc(outside, bins=HIST_BINS, min=0.0, max=1.0).to(torch.int64),
         pos_rows=pos_rows, sum_h=v.sum(dim=(0, 3), dtype=_F64), sum_w=v.sum(dim=(0, 2), dtype=_F64),
+        sq_c=v.reshape(b, c, length).mean(dim=2, dtype=_F64).pow(2).sum(dim=0),
         samples=b, shape=(c, h, w),
     )
 
@@ -190,6 +201,7 @@ def _combine(parts: list[_Part]) -> _Part:
                               for p in parts]).sum(),
         sum_h=None,
         sum_w=None,
+        sq_c=None,
         samples=sum(p.samples for p in parts),
         shape=first.shape,
     )
@@ -210,6 +222,7 @@ class MaskAccumulator:
         # the (C, H) and (C, W) sums are added up at once, so pending parts stay a few numbers
         self._sum_h: torch.Tensor | None = None
         self._sum_w: torch.Tensor | None = None
+        self._sq_c: torch.Tensor | None = None
         self.shape_varied = False
 
     def update(self, mask: torch.Tensor) -> None:
@@ -222,13 +235,18 @@ class MaskAccumulator:
             if part.sum_h is not None and part.sum_w is not None:
                 self._sum_h = part.sum_h.to(_F64, copy=True)
                 self._sum_w = part.sum_w.to(_F64, copy=True)
+                self._sq_c = None if part.sq_c is None else part.sq_c.to(_F64, copy=True)
         elif part.shape != reference.shape or part.sum_h is None or part.sum_w is None:
             self.shape_varied = True
         if not self.shape_varied and reference is not None and self._sum_h is not None:
             # out of place: a state may mix inference tensors (from a run) and normal ones
             self._sum_h = self._sum_h + part.sum_h  # type: ignore[operator]
             self._sum_w = self._sum_w + part.sum_w  # type: ignore[operator]
-        part.sum_h = part.sum_w = None
+            if self._sq_c is not None and part.sq_c is not None:
+                self._sq_c = self._sq_c + part.sq_c.to(_F64)
+            else:
+                self._sq_c = None
+        part.sum_h = part.sum_w = part.sq_c = None
         self._pending.append(part)
         if len(self._pending) >= FOLD_EVERY:
             self._fold()
@@ -245,7 +263,7 @@ class MaskAccumulator:
         if part is None:
             return
         self.shape_varied = self.shape_varied or other.shape_varied or other._sum_h is None
-        part.sum_h, part.sum_w = other._sum_h, other._sum_w
+        part.sum_h, part.sum_w, part.sq_c = other._sum_h, other._sum_w, other._sq_c
         self._add(part)
         self._fold()
 
@@ -256,7 +274,8 @@ class MaskAccumulator:
             raise ValueError("empty accumulator")
         return {"scal": part.scal, "counts": part.counts, "hist": part.hist,
                 **({"sum_h": self._sum_h} if self._sum_h is not None else {}),
-                **({"sum_w": self._sum_w} if self._sum_w is not None else {})}
+                **({"sum_w": self._sum_w} if self._sum_w is not None else {}),
+                **({"sq_c": self._sq_c} if self._sq_c is not None else {})}
 
     def finalize(self) -> MaskStats:
         """Move the statistics to the host (one transfer per tensor) and freeze them."""
@@ -268,11 +287,15 @@ class MaskAccumulator:
         n, pos_rows = int(part.n), int(part.pos_rows)
         total = max(n, 1)
         c, h, w = part.shape
-        chan_std = None
+        chan_std = sample_std = None
         prof_h = prof_w = None
         if self._sum_h is not None and self._sum_w is not None and not self.shape_varied:
             per_ch_h = self._sum_h / (part.samples * w)  # (C, H) mean per channel and row
             per_ch_w = self._sum_w / (part.samples * h)
+            if self._sq_c is not None and part.samples > 0 and not nonfinite:
+                ch_mean = per_ch_h.mean(dim=1)
+                var = (self._sq_c / part.samples - ch_mean * ch_mean).clamp(min=0)
+                sample_std = float(var.sqrt().mean().item())
             if c > 1:
                 chan_std = float(per_ch_h.mean(dim=1).std(correction=0).item())
             if h > 1:
@@ -295,6 +318,7 @@ class MaskAccumulator:
             shape=[c, h, w],
             profile_h=prof_h,
             profile_w=prof_w,
+            sample_std=sample_std,
         )
 
 
