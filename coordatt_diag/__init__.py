@@ -16,10 +16,12 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
     from coordatt_diag.capture.engine import MaskCapture
+    from coordatt_diag.errors import DiagError
     from coordatt_diag.results import Report
     from coordatt_diag.runs.inspect import InspectOptions, analyze_model, inspect_checkpoint
 
-__all__ = ["__version__", "analyze_model", "inspect_checkpoint", "InspectOptions", "Report", "MaskCapture"]
+__all__ = ["__version__", "analyze_model", "inspect_checkpoint", "InspectOptions", "Report", "MaskCapture",
+           "DiagError"]
 
 # name -> the module that defines it; imported on first use, so `import coordatt_diag` stays cheap
 _LAZY = {
@@ -28,6 +30,7 @@ _LAZY = {
     "InspectOptions": "coordatt_diag.runs.inspect",
     "Report": "coordatt_diag.results",
     "MaskCapture": "coordatt_diag.capture.engine",
+    "DiagError": "coordatt_diag.errors",
 }
 
 

@@ -128,6 +128,11 @@ ModelArgsOpt = Annotated[str | None, typer.Option(
 ImportOpt = Annotated[list[str] | None, typer.Option(
     "--import", rich_help_panel=LOADING, metavar="MODULE",
     help="Import this module first (the user's block classes). Repeatable.")]
+MainModuleOpt = Annotated[Path | None, typer.Option(
+    "--main-module", rich_help_panel=LOADING, metavar="SCRIPT.py",
+    help="With --trust: the training script that saved the model (torch.save(model) in "
+         "train.py); its classes are taken from it without running its "
+         "`if __name__ == \"__main__\":` block.")]
 PathOpt = Annotated[list[Path] | None, typer.Option(
     "--path", rich_help_panel=LOADING, metavar="DIR",
     help="Add this folder to the import path. Repeatable.")]
@@ -341,7 +346,7 @@ def _guard(debug: bool, fn: Callable[[], T], *,
     except DiagError as exc:
         if debug:
             traceback.print_exc()
-        typer.echo(f"error: {show_path(str(exc))}", err=True)  # a newline in a name escaped
+        typer.echo(f"error: {show_path(exc.cli_message())}", err=True)  # a newline in a name escaped
         raise typer.Exit(exc.exit_code) from None
     except (KeyboardInterrupt, Interrupted) as exc:
         what = exc.name if isinstance(exc, Interrupted) else "SIGINT"
@@ -433,6 +438,7 @@ def inspect(
     model: ModelOpt = None,
     model_args: ModelArgsOpt = None,
     imports: ImportOpt = None,
+    main_module: MainModuleOpt = None,
     path: PathOpt = None,
     images: ImagesOpt = None,
     tensors: TensorsOpt = None,
@@ -465,6 +471,7 @@ def inspect(
 
         opts = _inspect_options(
             trust=trust, model=model, model_args=model_args, imports=imports, paths=path,
+            main_module=main_module,
             images=images, tensors=tensors, synthetic=synthetic, imgsz=imgsz,
             normalize=normalize, batch_size=batch_size, batches=batches, seed=seed,
             blocks=blocks, config=config, device=device, half=half, half_dtype=half_dtype,
@@ -528,6 +535,7 @@ def check(
     model: ModelOpt = None,
     model_args: ModelArgsOpt = None,
     imports: ImportOpt = None,
+    main_module: MainModuleOpt = None,
     path: PathOpt = None,
     images: ImagesOpt = None,
     tensors: TensorsOpt = None,
@@ -578,6 +586,7 @@ def check(
             raise UsageError("--write-baseline needs exactly one checkpoint")
         opts = _inspect_options(
             trust=trust, model=model, model_args=model_args, imports=imports, paths=path,
+            main_module=main_module,
             images=images, tensors=tensors, synthetic=synthetic, imgsz=imgsz,
             normalize=normalize, batch_size=batch_size, batches=batches, seed=seed,
             blocks=blocks, config=config, device=device, half=half, half_dtype=half_dtype,
@@ -605,6 +614,7 @@ def trend(
     model: ModelOpt = None,
     model_args: ModelArgsOpt = None,
     imports: ImportOpt = None,
+    main_module: MainModuleOpt = None,
     path: PathOpt = None,
     images: ImagesOpt = None,
     tensors: TensorsOpt = None,
@@ -638,6 +648,7 @@ def trend(
 
         opts = _inspect_options(
             trust=trust, model=model, model_args=model_args, imports=imports, paths=path,
+            main_module=main_module,
             images=images, tensors=tensors, synthetic=synthetic, imgsz=imgsz,
             normalize=normalize, batch_size=batch_size, batches=batches, seed=seed,
             blocks=blocks, config=config, device=device, half=half, half_dtype=half_dtype,
@@ -660,6 +671,7 @@ def compare(
     model: ModelOpt = None,
     model_args: ModelArgsOpt = None,
     imports: ImportOpt = None,
+    main_module: MainModuleOpt = None,
     path: PathOpt = None,
     images: ImagesOpt = None,
     tensors: TensorsOpt = None,
@@ -691,6 +703,7 @@ def compare(
 
         opts = _inspect_options(
             trust=trust, model=model, model_args=model_args, imports=imports, paths=path,
+            main_module=main_module,
             images=images, tensors=tensors, synthetic=synthetic, imgsz=imgsz,
             normalize=normalize, batch_size=batch_size, batches=batches, seed=seed,
             blocks=blocks, config=config, device=device, half=half, half_dtype=half_dtype,
@@ -722,6 +735,10 @@ OverlaysOpt = Annotated[int, typer.Option(
     help="Sample images shown with each block's mask laid over them (0: none).")]
 FormatOpt = Annotated[str, typer.Option(
     "--format", rich_help_panel=OUTPUTS, metavar="png|svg", help="Figure format.")]
+OverlayScaleOpt = Annotated[str, typer.Option(
+    "--overlay-scale", rich_help_panel=OUTPUTS, metavar="absolute|block",
+    help="Overlay colours: 'absolute' (mask value 0 to 1, the same for every block) or 'block' "
+         "(each block stretched over its own range).")]
 ForceOpt = Annotated[bool, typer.Option(
     "--force", rich_help_panel=OUTPUTS,
     help="Replace --out even when it holds something other than a previous report.")]
@@ -734,11 +751,13 @@ def report(
     from_json: FromJsonOpt = None,
     overlays: OverlaysOpt = 4,
     fmt: FormatOpt = "png",
+    overlay_scale: OverlayScaleOpt = "absolute",
     force: ForceOpt = False,
     trust: TrustOpt = False,
     model: ModelOpt = None,
     model_args: ModelArgsOpt = None,
     imports: ImportOpt = None,
+    main_module: MainModuleOpt = None,
     path: PathOpt = None,
     images: ImagesOpt = None,
     tensors: TensorsOpt = None,
@@ -769,6 +788,7 @@ def report(
 
         opts = _inspect_options(
             trust=trust, model=model, model_args=model_args, imports=imports, paths=path,
+            main_module=main_module,
             images=images, tensors=tensors, synthetic=synthetic, imgsz=imgsz,
             normalize=normalize, batch_size=batch_size, batches=batches, seed=seed,
             blocks=blocks, config=config, device=device, half=half, half_dtype=half_dtype,
@@ -776,7 +796,7 @@ def report(
         )
         with _ProgressBar(batches, "report") as bar:
             folder = make_report(out, checkpoint, opts, from_json=from_json, overlays=overlays,
-                                 fmt=fmt, force=force, progress=bar,
+                                 fmt=fmt, force=force, overlay_scale=overlay_scale, progress=bar,
                                  effect_progress=bar.stage("mask effect"))
         if folder is None:
             return

@@ -10,8 +10,12 @@ serialisation of these classes (`Report.to_dict` / `Report.from_dict`); its JSON
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
+
+#: A file or folder argument of the Python API: a `str` or a `pathlib.Path` (any os.PathLike).
+PathArg: TypeAlias = "str | os.PathLike[str]"
 
 SCHEMA_ID = "coordatt-diag/report@1"
 

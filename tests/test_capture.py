@@ -129,7 +129,7 @@ def test_cbam_parent_is_one_block_and_alpha_blend_has_identity_path() -> None:
 
 
 def test_swish_and_hswish_are_not_masks() -> None:
-    with pytest.raises(NoBlocksError, match="--blocks"):
+    with pytest.raises(NoBlocksError, match="blocks=.REGEX."):
         find_blocks(fx.plain_cnn().eval(), _x())
 
 

@@ -112,7 +112,7 @@ def test_auto_device_and_errors() -> None:
     assert resolve_device("CPU") == torch.device("cpu")
     with pytest.raises(UsageError, match="is not a device"):
         resolve_device("gpu0")
-    with pytest.raises(UsageError, match="--half-dtype"):
+    with pytest.raises(UsageError, match="half_dtype=.float8."):
         resolve_placement("cpu", half=True, half_dtype="float8")
 
 

@@ -307,7 +307,7 @@ def test_every_finding_links_a_docs_section_with_a_plain_words_remedy() -> None:
         assert "seed" not in text, code
 
 
-def test_every_threshold_is_in_the_readme_table() -> None:
-    readme = (ROOT / "README.md").read_text()
-    missing = [f for f in Thresholds().to_dict() if f"`{f}`" not in readme]
+def test_every_threshold_is_in_the_thresholds_table() -> None:
+    page = (ROOT / "docs" / "thresholds.md").read_text()  # the README links it
+    missing = [f for f in Thresholds().to_dict() if f"`{f}`" not in page]
     assert not missing, missing

@@ -50,7 +50,7 @@ def test_batch_that_does_not_fit_is_refused_before_the_run(monkeypatch: pytest.M
     calls = []
     model.register_forward_hook(lambda *a: calls.append(1))
     with pytest.raises(InputError, match=r"a batch of 64 inputs of 1x16x16 needs about .* use "
-                                         r"--batch-size 1[0-5] or fewer"):
+                                         r"batch_size=1[0-5] or fewer"):
         run_batches(model, [torch.randn(64, 1, 16, 16)] * 3)
     assert len(calls) == 2  # discovery and the measurement; no batch ran
     monkeypatch.setenv(memory.ENV_SWITCH, "0")

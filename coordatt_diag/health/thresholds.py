@@ -222,11 +222,12 @@ def _table(data: dict[str, Any], source: str, explicit: bool) -> Any:
     return data if explicit else None
 
 
-def load_thresholds(config: Path | None = None, cwd: Path | None = None) -> ThresholdConfig:
+def load_thresholds(config: str | os.PathLike[str] | None = None,
+                    cwd: Path | None = None) -> ThresholdConfig:
     """Read the thresholds from `config`, else from `[tool.coordatt-diag]` in ./pyproject.toml.
 
     Args:
-        config: a TOML file named with `--config`.
+        config: a TOML file named with `--config` (`str` or `Path`).
         cwd: where to look for pyproject.toml (default: the current directory).
 
     Returns:
@@ -248,6 +249,7 @@ def load_thresholds(config: Path | None = None, cwd: Path | None = None) -> Thre
             return ThresholdConfig()
         source = show_path(pyproject)
     else:
+        config = Path(config)
         data = _read_toml(config)
         source = show_path(config)
         table = _table(data, source, explicit=True)

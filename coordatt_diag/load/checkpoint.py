@@ -45,16 +45,24 @@ import sys
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 from torch import nn
 
-from coordatt_diag.errors import CheckpointError, InputError, UsageError, one_line, show_path
-from coordatt_diag.results import CheckpointInfo
+from coordatt_diag.errors import (
+    CheckpointError,
+    InputError,
+    UsageError,
+    one_line,
+    opt,
+    show_path,
+)
+from coordatt_diag.results import CheckpointInfo, PathArg
 
 _STATE_KEYS = ("state_dict", "model_state_dict")
 _PREFIXES = ("module.", "model.", "_orig_mod.")
@@ -111,7 +119,7 @@ def _stdout_to_stderr() -> contextlib.AbstractContextManager[Any]:
     return contextlib.redirect_stdout(sys.stderr)
 
 
-def add_import_paths(paths: list[Path] | None, modules: list[str] | None) -> None:
+def add_import_paths(paths: Sequence[PathArg] | None, modules: Sequence[str] | None) -> None:
     """Make the user's block classes importable: add `paths` to sys.path, import `modules`.
 
     Raises:
@@ -119,7 +127,7 @@ def add_import_paths(paths: list[Path] | None, modules: list[str] | None) -> Non
     """
     for p in paths or []:
         if not Path(p).is_dir():
-            raise UsageError(f"--path {p} is not a directory")
+            raise UsageError(f"{opt('paths', p)} is not a directory")
         if str(p) not in sys.path:
             sys.path.insert(0, str(Path(p).resolve()))
     if modules:
@@ -132,14 +140,175 @@ def add_import_paths(paths: list[Path] | None, modules: list[str] | None) -> Non
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's module fails to import
             if not isinstance(exc, ImportError):
                 raise CheckpointError(
-                    f"importing module {mod!r} (--import) raised {type(exc).__name__}: "
+                    f"importing module {mod!r} ({opt('imports')}) raised {type(exc).__name__}: "
                     f"{one_line(str(exc), 200)}"
                 ) from exc
             top = (getattr(exc, "name", None) or "").split(".")[0]
             hint = f" ({INSTALL_HINTS[top]})" if top in INSTALL_HINTS else ""
             raise CheckpointError(
-                f"cannot import module {mod!r} ({exc}){hint}: add its folder with --path DIR"
+                f"cannot import module {mod!r} ({exc}){hint}: add its folder with {opt('paths', 'DIR')}"
             ) from exc
+
+
+#: The name a training script is imported under: anything but "__main__", so that its
+#: `if __name__ == "__main__":` block (the training run) does not execute.
+MAIN_MODULE_NAME = "coordatt_diag_user_main"
+
+
+#: Calls a script may make at its top level without doing work: constants, paths, devices, type
+#: helpers (an assignment that calls anything else, `history = fit(model)`, counts as work).
+_QUIET_CALLS = frozenset({
+    "Path", "pathlib.Path", "os.path.join", "os.path.dirname", "os.path.abspath", "os.getenv",
+    "os.environ.get", "torch.device", "torch.cuda.is_available", "logging.getLogger",
+    "re.compile", "TypeVar", "typing.TypeVar", "namedtuple", "collections.namedtuple", "field",
+    "dataclasses.field", "partial", "functools.partial", "dict", "list", "tuple", "set",
+    "frozenset", "int", "float", "str", "bool", "range", "len", "getattr",
+})
+
+
+def unguarded_code(source: str) -> list[tuple[int, str]]:
+    """Top-level statements of a script that would do work when it is imported.
+
+    Imports, definitions, docstrings, the `if __name__ == "__main__":` block and assignments of
+    constants (calling at most `_QUIET_CALLS`: `Path(...)`, `torch.device(...)`, ...) are what
+    a module of classes holds; a call, loop or `with` at the top level, or an assignment that
+    calls anything else (inside a top-level `if`/`try` too, other than that block), runs on
+    import, typically the training itself.
+
+    Returns:
+        (line number, first line of the statement) for each such statement.
+    """
+    import ast
+
+    tree = ast.parse(source)
+    lines = source.splitlines()
+    found: list[tuple[int, str]] = []
+
+    def is_main_guard(node: ast.If) -> bool:
+        test = node.test
+        return (isinstance(test, ast.Compare) and len(test.ops) == 1
+                and isinstance(test.ops[0], ast.Eq)
+                and {ast.unparse(test.left), ast.unparse(test.comparators[0])}
+                <= {"__name__", "'__main__'", '"__main__"'})
+
+    def calls_only_quiet(node: ast.AST | None) -> bool:
+        if node is None:
+            return True
+        return all(ast.unparse(call.func) in _QUIET_CALLS
+                   for call in ast.walk(node) if isinstance(call, ast.Call))
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef,
+                                 ast.ClassDef, ast.Pass, ast.Global, ast.Delete)):
+                continue
+            if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)) \
+                    and calls_only_quiet(node.value):
+                continue
+            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+                continue  # a docstring
+            if isinstance(node, ast.If):
+                if not is_main_guard(node):
+                    visit(node.body)
+                    visit(node.orelse)
+                continue
+            if isinstance(node, ast.Try):
+                visit(node.body)
+                for handler in node.handlers:
+                    visit(handler.body)
+                visit(node.orelse)
+                visit(node.finalbody)
+                continue
+            found.append((node.lineno, lines[node.lineno - 1].strip()))
+
+    visit(tree.body)
+    return found
+
+
+def load_main_module(script: PathArg) -> ModuleType:
+    """Import a training script as the source of the classes a checkpoint pickled under
+    `__main__` (`torch.save(model)` in `train.py` records `__main__.Net`).
+
+    The script is imported under another name than "__main__", so its
+    `if __name__ == "__main__":` block does not run; its folder goes on the import path for its
+    own imports. A script with work outside that block (a call, loop or `with` at the top level)
+    is refused before anything of it runs: importing it would start the training.
+
+    Args:
+        script: the `.py` file that saved the checkpoint.
+
+    Returns:
+        The imported module (also in `sys.modules` under `MAIN_MODULE_NAME`).
+
+    Raises:
+        UsageError: the script is missing, is not Python, or has unguarded top-level code.
+        CheckpointError: importing it failed.
+    """
+    import importlib.util
+
+    path = Path(script)
+    if not path.is_file():
+        raise UsageError(f"{opt('main_module', path)} is not a file; name the training script "
+                         "that saved the checkpoint")
+    try:
+        source = path.read_text(encoding="utf-8")
+        work = unguarded_code(source)
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError) as exc:
+        raise UsageError(f"{opt('main_module', path)} is not a readable Python script: "
+                         f"{exc}") from exc
+    if work:
+        line, text = work[0]
+        more = f" (and {len(work) - 1} more statements)" if len(work) > 1 else ""
+        raise UsageError(
+            f"{opt('main_module', path)} runs code when imported, at line {line}: {text[:80]!r}"
+            f"{more}; it was not imported. Put the script's work under "
+            "`if __name__ == \"__main__\":`, or move the model's classes into a module of their "
+            f"own and name it with {opt('imports', 'MODULE')}"
+        )
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(MAIN_MODULE_NAME, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[MAIN_MODULE_NAME] = module  # dataclasses and pickling look it up there
+    try:
+        with _stdout_to_stderr():
+            spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's script
+        sys.modules.pop(MAIN_MODULE_NAME, None)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"importing {opt('main_module', path)} failed "
+                              f"({type(exc).__name__}: {first})") from exc
+    return module
+
+
+def _main_module_cached(script: Path) -> ModuleType:
+    """`load_main_module`, once per script in a process (several checkpoints share it)."""
+    module = sys.modules.get(MAIN_MODULE_NAME)
+    if module is not None and Path(module.__file__ or "").resolve() == script.resolve():
+        return module
+    return load_main_module(script)
+
+
+def _main_mapping_pickle(main: ModuleType) -> ModuleType:
+    """A pickle module for `torch.load` whose unpickler takes `__main__` classes from `main`."""
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if module == "__main__":
+                try:
+                    return getattr(main, name)
+                except AttributeError:
+                    raise AttributeError(
+                        f"Can't get attribute '{name}' on <module '{main.__file__}'>") from None
+            return super().find_class(module, name)
+
+    mapped = ModuleType("pickle")  # torch.load checks the name (only "dill" is special)
+    mapped.Unpickler = Unpickler  # type: ignore[attr-defined]
+    mapped.load = lambda f, **kw: Unpickler(f, **kw).load()  # type: ignore[attr-defined]
+    mapped.Pickler, mapped.dump = pickle.Pickler, pickle.dump  # type: ignore[attr-defined]
+    return mapped
 
 
 def sha256_of(path: Path) -> str:
@@ -174,7 +343,7 @@ def _compiled_refusal(path: Path, kind: str) -> CheckpointError:
                 "the masks computed inside them")
     return CheckpointError(
         f"{path} is {what}; pass the eager model's checkpoint instead: torch.save(model) (with "
-        "--trust), or a state dict with --model pkg.module:factory"
+        f"{opt('trust', True)}), or a state dict with {opt('model', 'pkg.module:factory')}"
     )
 
 
@@ -195,10 +364,14 @@ def _refusal(path: Path, exc: Exception) -> CheckpointError:
         what = f"it pickles classes ({shown})"
         if any(c.startswith("ultralytics.") for c in classes):
             what += " - an Ultralytics checkpoint, which also needs the ultralytics package"
+        if any(c.startswith("__main__.") for c in classes):
+            what += (" - classes of the script that saved it (__main__): add "
+                     f"{opt('main_module', 'train.py')} to take them from that script")
     else:
         what = f"safe loading refused it ({one_line(_torch_detail(exc), 200)})"
     return CheckpointError(
-        f"{show_path(path)} was not loaded: {what}; pass --trust to load it with full pickle, which runs "
+        f"{show_path(path)} was not loaded: {what}; pass {opt('trust', True)} to load it with full pickle, "
+        "which runs "
         "code from the file (only for files you trust)"
     )
 
@@ -212,7 +385,7 @@ def _missing_package_error(path: Path, name: str) -> CheckpointError:
         )
     return CheckpointError(
         f"{path} needs module {name!r}, which is not importable: install it, or make it "
-        "importable with --path DIR and --import MODULE"
+        f"importable with {opt('paths', 'DIR')} and {opt('imports', 'MODULE')}"
     )
 
 
@@ -246,6 +419,26 @@ def _import_pickled_packages(path: Path) -> None:
             ) from exc
 
 
+def _main_classes_error(path: Path, name: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} pickles class {name!r} from the __main__ module of the script that saved it "
+        f"(torch.save(model) in a training script): name that script with "
+        f"{opt('main_module', 'train.py')}, which imports it without running its "
+        "`if __name__ == \"__main__\":` block, or move the classes into a module and import it "
+        f"with {opt('imports', 'MODULE')}"
+    )
+
+
+def _check_main_classes(path: Path) -> None:
+    """Refuse a file whose `__main__` classes this process's `__main__` does not define (they
+    are the training script's); a notebook or script that defines them loads as usual."""
+    main = sys.modules.get("__main__")
+    for qualified in _unsafe_globals(path):
+        module, _, name = qualified.rpartition(".")
+        if module == "__main__" and not hasattr(main, name):
+            raise _main_classes_error(path, name)
+
+
 def _missing_class_error(path: Path, exc: Exception) -> CheckpointError:
     text = str(exc)
     mod = re.search(r"No module named '([^']+)'", text)
@@ -255,18 +448,26 @@ def _missing_class_error(path: Path, exc: Exception) -> CheckpointError:
     if attr:
         return CheckpointError(
             f"{path} needs class {attr.group(1)!r} from module {attr.group(2)!r}, which does not "
-            "define it: import the module that does with --import MODULE (and --path DIR)"
+            f"define it: import the module that does with {opt('imports', 'MODULE')} "
+            f"(and {opt('paths', 'DIR')})"
         )
-    return CheckpointError(f"{path} could not be unpickled ({text}): check --import / --path")
+    return CheckpointError(f"{path} could not be unpickled ({text}): check {opt('imports')} / {opt('paths')}")
 
 
-def read_checkpoint(path: Path, trust: bool = False) -> Any:
+def read_checkpoint(path: PathArg, trust: bool = False, main_module: ModuleType | None = None) -> Any:
     """`torch.load` the file on the CPU, safely unless `trust`.
+
+    Args:
+        path: the checkpoint file.
+        trust: load with full pickle (runs code from the file).
+        main_module: where the classes the file pickled under `__main__` are taken from (a
+            training script imported by `load_main_module`); only with `trust`.
 
     Raises:
         CheckpointError: missing, unreadable, corrupt or truncated file; a TorchScript or
             torch.export archive; a refused pickle; a missing module or class.
     """
+    path = Path(path)
     check_input_file(path, "checkpoint")
     if path.suffix.lower() == SAFETENSORS_SUFFIX or _looks_like_safetensors(path):
         return read_safetensors(path)
@@ -276,11 +477,16 @@ def read_checkpoint(path: Path, trust: bool = False) -> Any:
     if trust:
         offline_third_party_env()
         _import_pickled_packages(path)
+        if main_module is None:
+            _check_main_classes(path)
     try:
         with warnings.catch_warnings():
             # torch warns about pickle protocols and FutureWarnings on every legacy file
             warnings.simplefilter("ignore")
             with _stdout_to_stderr():
+                if trust and main_module is not None:
+                    return torch.load(str(path), map_location="cpu", weights_only=False,
+                                      pickle_module=_main_mapping_pickle(main_module))
                 return torch.load(str(path), map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
         if not trust and _names_a_global(exc):
@@ -439,43 +645,43 @@ def _pick(obj: Any) -> tuple[str, Any]:
 def build_from_factory(spec: str, args_json: str | None) -> nn.Module:
     """Call `pkg.mod:factory` (with the JSON keyword arguments, if any) and return the model."""
     if ":" not in spec:
-        raise UsageError(f"--model {spec!r} must look like pkg.module:factory")
+        raise UsageError(f"{opt('model', spec)} must look like pkg.module:factory")
     mod_name, _, attr = spec.partition(":")
     kwargs: dict[str, Any] = {}
     if args_json:
         try:
             kwargs = json.loads(args_json)
         except json.JSONDecodeError as exc:
-            raise UsageError(f"--model-args is not valid JSON: {exc}") from exc
+            raise UsageError(f"{opt('model_args')} is not valid JSON: {exc}") from exc
         if not isinstance(kwargs, dict):
-            raise UsageError("--model-args must be a JSON object of keyword arguments")
+            raise UsageError(f"{opt('model_args')} must be a JSON object of keyword arguments")
     try:
         module = importlib.import_module(mod_name)
     except ImportError as exc:
         raise CheckpointError(
-            f"cannot import {mod_name!r} for --model ({one_line(str(exc), 200)}): add its folder "
-            "with --path DIR"
+            f"cannot import {mod_name!r} for {opt('model')} ({one_line(str(exc), 200)}): add its "
+            f"folder with {opt('paths', 'DIR')}"
         ) from exc
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's module fails to import
         raise CheckpointError(
-            f"importing {mod_name!r} for --model raised {type(exc).__name__}: "
+            f"importing {mod_name!r} for {opt('model')} raised {type(exc).__name__}: "
             f"{one_line(str(exc), 200)}"
         ) from exc
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
-        raise CheckpointError(f"module {mod_name!r} has no callable {attr!r} for --model")
+        raise CheckpointError(f"module {mod_name!r} has no callable {attr!r} for {opt('model')}")
     try:
         model = factory(**kwargs)
     except TypeError as exc:
-        raise UsageError(f"--model {spec} could not be called with {kwargs}: "
+        raise UsageError(f"{opt('model', spec)} could not be called with {kwargs}: "
                          f"{one_line(str(exc), 200)}") from exc
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure of the user's factory
         what = f"sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else one_line(str(exc), 200)
         raise CheckpointError(
-            f"--model {spec} raised {type(exc).__name__} while building the model: {what}"
+            f"{opt('model', spec)} raised {type(exc).__name__} while building the model: {what}"
         ) from exc
     if not isinstance(model, nn.Module):
-        raise CheckpointError(f"--model {spec} returned a {type(model).__name__}, not an nn.Module")
+        raise CheckpointError(f"{opt('model', spec)} returned a {type(model).__name__}, not an nn.Module")
     return model
 
 
@@ -516,15 +722,16 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
             shape = str(exc).strip().splitlines()
             parts.append(shape[1].strip() if len(shape) > 1 else shape[0])
         raise CheckpointError(
-            "the state dict does not fit the --model factory: " + "; ".join(parts)
+            f"the state dict does not fit the {opt('model')} factory: " + "; ".join(parts)
         ) from exc
 
 
 def load_model(
-    path: Path,
+    path: PathArg,
     trust: bool = False,
     factory: str | None = None,
     factory_args: str | None = None,
+    main_module: PathArg | None = None,
 ) -> LoadedModel:
     """Load the model in `path`, in float32, in eval mode.
 
@@ -533,6 +740,8 @@ def load_model(
         trust: load with full pickle (runs code from the file).
         factory: `pkg.mod:factory` that builds the model for a state dict.
         factory_args: JSON object of keyword arguments for the factory.
+        main_module: the training script whose classes the file pickled under `__main__`
+            (imported without running its `if __name__ == "__main__":` block; needs `trust`).
 
     Returns:
         The model and the checkpoint's facts (format, sha256, epoch).
@@ -540,20 +749,27 @@ def load_model(
     Raises:
         CheckpointError, UsageError: see `read_checkpoint`, `build_from_factory`, `load_state`.
     """
-    obj = read_checkpoint(path, trust=trust)
+    path = Path(path)
+    main = None
+    if main_module is not None:
+        if not trust:
+            raise UsageError(f"{opt('main_module')} takes the classes of a pickled model from "
+                             f"a script, which needs {opt('trust', True)} (full pickle)")
+        main = _main_module_cached(Path(main_module))
+    obj = read_checkpoint(path, trust=trust, main_module=main)
     fmt, found = _pick(obj)
     if fmt == "state_dict":
         if factory is None:
             raise CheckpointError(
                 f"{path} holds a state dict ({len(found)} tensors) but no model: pass "
-                "--model pkg.module:factory to build the model it belongs to"
+                f"{opt('model', 'pkg.module:factory')} to build the model it belongs to"
             )
         model = build_from_factory(factory, factory_args)
         load_state(model, found)
     else:
         model = found
         if factory is not None:
-            raise UsageError(f"{path} holds a whole model; --model is only for state dicts")
+            raise UsageError(f"{path} holds a whole model; {opt('model')} is only for state dicts")
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"{path} does not hold an nn.Module")
     if isinstance(model, torch.jit.ScriptModule):

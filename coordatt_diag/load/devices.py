@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from coordatt_diag.errors import UsageError
+from coordatt_diag.errors import UsageError, opt
 
 _HALF = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16,
          "bf16": torch.bfloat16}
@@ -71,19 +71,19 @@ def resolve_device(spec: str | None) -> torch.device:
         if not torch.cuda.is_available():
             why = ("this torch build has no CUDA support" if torch.version.cuda is None
                    else "torch sees no GPU")
-            raise UsageError(f"--device {spec}: CUDA is not available ({why}); use --device cpu "
-                             "or --device auto")
+            raise UsageError(f"{opt('device', spec)}: CUDA is not available ({why}); use "
+                             f"{opt('device', 'cpu')} or {opt('device', 'auto')}")
         count = torch.cuda.device_count()
         index = indices[_local_rank() % len(indices)] if indices else _local_rank() % count
         if index >= count:
-            raise UsageError(f"--device {spec}: this machine has {count} CUDA device(s), "
+            raise UsageError(f"{opt('device', spec)}: this machine has {count} CUDA device(s), "
                              f"cuda:0 to cuda:{count - 1}")
         return torch.device("cuda", index)
     if text == "mps":
         if not torch.backends.mps.is_available():
-            raise UsageError("--device mps: MPS is not available here; use --device cpu")
+            raise UsageError(f"{opt('device', 'mps')}: MPS is not available here; use {opt('device', 'cpu')}")
         return torch.device("mps")
-    raise UsageError(f"--device {spec!r} is not a device: use cpu, cuda, cuda:N, a GPU index "
+    raise UsageError(f"{opt('device', spec)} is not a device: use cpu, cuda, cuda:N, a GPU index "
                      "(0, or 0,1) or auto")
 
 
@@ -96,17 +96,17 @@ def resolve_placement(device: str | None, half: bool = False,
     """
     dtype = _HALF.get(half_dtype.strip().lower())
     if dtype is None:
-        raise UsageError(f"--half-dtype {half_dtype!r}: use float16 or bfloat16")
+        raise UsageError(f"{opt('half_dtype', half_dtype)}: use float16 or bfloat16")
     if not half and dtype is not torch.float16:
-        raise UsageError(f"--half-dtype {half_dtype} applies only with --half: add --half (CUDA) "
-                         "or drop --half-dtype")
+        raise UsageError(f"{opt('half_dtype', half_dtype)} applies only with {opt('half', True)}: "
+                         f"add {opt('half', True)} (CUDA) or drop {opt('half_dtype')}")
     dev = resolve_device(device)
     if not half:
         return Placement(dev, torch.float32)
     if dev.type != "cuda":
-        raise UsageError(f"--half needs a CUDA device (the run is on {dev}); half precision on "
-                         "a CPU is slow and not what the model runs in: drop --half")
+        raise UsageError(f"{opt('half', True)} needs a CUDA device (the run is on {dev}); half precision on "
+                         f"a CPU is slow and not what the model runs in: drop {opt('half', True)}")
     if dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        raise UsageError(f"--half-dtype bfloat16: {torch.cuda.get_device_name(dev)} does not "
-                         "support bfloat16; use --half-dtype float16")
+        raise UsageError(f"{opt('half_dtype', 'bfloat16')}: {torch.cuda.get_device_name(dev)} does not "
+                         f"support bfloat16; use {opt('half_dtype', 'float16')}")
     return Placement(dev, dtype)

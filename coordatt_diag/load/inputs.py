@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from coordatt_diag.errors import InputError, UsageError, one_line, show_path
-from coordatt_diag.results import InputsInfo
+from coordatt_diag.errors import InputError, UsageError, one_line, opt, show_path
+from coordatt_diag.results import InputsInfo, PathArg
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_IMGSZ = 224
@@ -127,8 +127,8 @@ class InputStream:
 
 def open_inputs(
     *,
-    images: Path | None = None,
-    tensors: Path | None = None,
+    images: PathArg | None = None,
+    tensors: PathArg | None = None,
     channels: int = 3,
     imgsz: int | None = None,
     normalize: str = "unit",
@@ -162,15 +162,17 @@ def open_inputs(
         InputError: the files cannot be read or do not fit the model.
     """
     if images is not None and tensors is not None:
-        raise UsageError("pass either --images or --tensors, not both")
+        raise UsageError(f"pass either {opt('images')} or {opt('tensors')}, not both")
+    images = Path(images) if images is not None else None
+    tensors = Path(tensors) if tensors is not None else None
     if batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
+        raise UsageError(f"{opt('batch_size')} must be at least 1")
     if batches is not None and batches < 1:
-        raise UsageError("--batches must be at least 1")
+        raise UsageError(f"{opt('batches')} must be at least 1")
     if imgsz is not None and imgsz < 1:
-        raise UsageError("--imgsz must be at least 1")
+        raise UsageError(f"{opt('imgsz')} must be at least 1")
     if normalize not in ("unit", "imagenet"):
-        raise UsageError("--normalize must be 'unit' or 'imagenet'")
+        raise UsageError(f"{opt('normalize')} must be 'unit' or 'imagenet'")
     if tensors is not None:
         stream = InputStream("tensors", str(tensors), batch_size, None, None)
         stream._iter = _limit(_tensor_batches(tensors, channels, batch_size), batches)
@@ -255,24 +257,24 @@ def check_plain_tensor(t: torch.Tensor, where: str) -> None:
 
 def load_tensor_file(path: Path) -> list[torch.Tensor]:
     """The tensors in a .pt or .npy file, each (N, C, H, W) float32."""
-    obj = read_array_file(path, "--tensors", "a tensor (N,C,H,W)")
+    obj = read_array_file(path, opt("tensors"), "a tensor (N,C,H,W)")
     if isinstance(obj, torch.Tensor):
         chunks = [obj]
     elif isinstance(obj, (list, tuple)) and obj and all(isinstance(t, torch.Tensor) for t in obj):
         chunks = list(obj)
     else:
         raise InputError(
-            f"--tensors {path} holds a {type(obj).__name__}; expected a tensor (N,C,H,W) or a "
+            f"{opt('tensors', path)} holds a {type(obj).__name__}; expected a tensor (N,C,H,W) or a "
             "list of them"
         )
     out = []
     for t in chunks:
-        check_plain_tensor(t, f"--tensors {show_path(path)}")
+        check_plain_tensor(t, f"{opt('tensors')} {show_path(path)}")
         if t.dim() == 3:
             t = t.unsqueeze(0)
         if t.dim() != 4:
             raise InputError(
-                f"--tensors {path} holds a tensor of shape {tuple(t.shape)}; expected (N,C,H,W)"
+                f"{opt('tensors', path)} holds a tensor of shape {tuple(t.shape)}; expected (N,C,H,W)"
             )
         if not t.is_floating_point():
             t = t.float()
@@ -285,7 +287,7 @@ def _tensor_batches(path: Path, channels: int, batch_size: int) -> Iterator[torc
     for t in chunks:
         if t.shape[1] != channels:
             raise InputError(
-                f"--tensors {path} has {t.shape[1]} channels but the model's first convolution "
+                f"{opt('tensors', path)} has {t.shape[1]} channels but the model's first convolution "
                 f"takes {channels}"
             )
     for t in chunks:
@@ -300,7 +302,7 @@ def _tensor_batches(path: Path, channels: int, batch_size: int) -> Iterator[torc
 def list_images(path: Path) -> list[Path]:
     """The image files at `path` (a file, or a folder searched recursively), sorted."""
     if not path.exists():
-        raise InputError(f"--images {path} does not exist")
+        raise InputError(f"{opt('images', path)} does not exist")
     if path.is_file():
         return [path]
     files = sorted(p for p in path.rglob("*") if p.is_file()
@@ -320,7 +322,7 @@ def decode_image(path: Path, channels: int, imgsz: int, normalize: str,
     mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels)
     if mode is None:
         raise InputError(
-            f"the model takes {channels} input channels; images can feed 1, 3 or 4: use --tensors"
+            f"the model takes {channels} input channels; images can feed 1, 3 or 4: use {opt('tensors')}"
         )
     with Image.open(path) as opened:
         im = opened.convert(mode)
@@ -359,7 +361,7 @@ def _image_batches(files: list[Path], stream: InputStream, channels: int, imgsz:
                    workers: int | None) -> Iterator[torch.Tensor]:
     if channels not in (1, 3, 4):
         raise InputError(
-            f"the model takes {channels} input channels; images can feed 1, 3 or 4: use --tensors"
+            f"the model takes {channels} input channels; images can feed 1, 3 or 4: use {opt('tensors')}"
         )
     n_workers = workers or min(4, os.cpu_count() or 1)
     ahead = max(2 * batch_size, 8)

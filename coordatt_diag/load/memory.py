@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from coordatt_diag.errors import InputError
+from coordatt_diag.errors import InputError, opt
 
 #: Headroom over the measured peak: allocator rounding, workspaces, the next batch in flight.
 MARGIN = 1.3
@@ -211,8 +211,8 @@ def check_batch(model: nn.Module, probe: torch.Tensor, batch: torch.Tensor,
         return est
     shape = "x".join(str(s) for s in batch.shape[1:])
     fit = est.largest_batch()
-    hint = (f"use --batch-size {fit} or fewer" if fit >= 1 else
-            "not even one sample fits: use a smaller --imgsz or another device")
+    hint = (f"use {opt('batch_size', fit)} or fewer" if fit >= 1 else
+            f"not even one sample fits: use a smaller {opt('imgsz')} or another device")
     assert est.available is not None
     raise InputError(
         f"a batch of {est.batch_size} inputs of {shape} needs about {_gib(est.need)} on "
@@ -233,7 +233,7 @@ def check_input_batch(batch_size: int, channels: int, side: int, what: str) -> N
     need = batch_size * per_sample
     if need >= 1 << 62:
         raise InputError(f"a {what} batch of {batch_size} x {channels}x{side}x{side} floats is "
-                         "too large to address; lower --batch-size or --imgsz")
+                         f"too large to address; lower {opt('batch_size')} or {opt('imgsz')}")
     if os.environ.get(ENV_SWITCH, "1") == "0":
         return
     free = available_bytes(torch.device("cpu"))

@@ -237,4 +237,5 @@ def check_report_data(data: Any, path: Path, what: str) -> None:
         validate(data, report_schema())
     except SchemaError as exc:
         raise InputError(f"{what} {show_path(path)} is not a coordatt-diag report: {exc}; write "
-                         "one with inspect --json or check --write-baseline") from None
+                         "one with `coordatt-diag inspect --json` or "
+                         "`coordatt-diag check --write-baseline`") from None

@@ -88,7 +88,7 @@ def check_output_path(path: Path | str, option: str, inputs: tuple[Path, ...] = 
     _check_folder(_target(p).parent, option, name)
 
 
-def check_output_folder(path: Path | str, option: str) -> None:
+def check_output_folder(path: str | os.PathLike[str], option: str) -> None:
     """`check_output_path` for an output folder (created, or replaced at commit).
 
     Raises:

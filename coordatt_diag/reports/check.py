@@ -9,7 +9,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from coordatt_diag.errors import UsageError
+from coordatt_diag.errors import UsageError, opt
 from coordatt_diag.reports.atomic import write_text
 from coordatt_diag.reports.json_report import _clean, write_report
 from coordatt_diag.reports.wording import verdict_line
@@ -76,7 +76,7 @@ def emit_check(
     env = os.environ if environ is None else environ
     if write_baseline is not None and len(result.verdicts) != 1:
         raise UsageError(
-            f"--write-baseline needs exactly one checkpoint, got {len(result.verdicts)}")
+            f"{opt('write_baseline')} needs exactly one checkpoint, got {len(result.verdicts)}")
     if json_out == "-":
         sys.stdout.write(check_json(result))
     else:

@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordatt_diag.errors import UsageError, show_path
+from coordatt_diag.errors import UsageError, opt, show_path
 from coordatt_diag.reports.atomic import staged_folder
-from coordatt_diag.results import Report
+from coordatt_diag.results import PathArg, Report
 from coordatt_diag.runs.overlays import Overlays
 
 #: What a report folder holds; a folder with nothing else is a previous report.
@@ -52,7 +52,7 @@ def is_previous_report(path: Path) -> bool:
     return "index.html" in entries and entries <= REPORT_ENTRIES
 
 
-def check_out_dir(out: Path, force: bool = False) -> None:
+def check_out_dir(out: PathArg, force: bool = False) -> None:
     """Refuse an `--out` folder that cannot be written or would destroy something.
 
     Raises:
@@ -61,34 +61,49 @@ def check_out_dir(out: Path, force: bool = False) -> None:
     """
     from coordatt_diag.reports.atomic import check_output_folder
 
-    check_output_folder(out, "--out")
+    check_output_folder(out, opt("out"))
     out = Path(out)
     name = show_path(out)
     try:
         resolved = out.resolve()
     except (OSError, RuntimeError) as exc:  # a symlink loop
-        raise UsageError(f"--out {name} cannot be resolved ({exc}); name another folder") from exc
+        raise UsageError(f"{opt('out')} {name} cannot be resolved ({exc}); name another folder") from exc
     cwd = Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents or resolved == Path.home().resolve():
-        raise UsageError(f"--out {name} is the current folder, one of its parents or your home "
-                         "folder; name a new folder such as diag/")
+        raise UsageError(f"{opt('out')} {name} is the current folder, one of its parents or your "
+                         "home folder; name a new folder such as diag/")
     try:
         occupied = out.is_dir() and any(out.iterdir()) and not is_previous_report(out)
     except OSError as exc:
-        raise UsageError(f"--out {name} cannot be read: {exc.strerror}") from exc
+        raise UsageError(f"{opt('out')} {name} cannot be read: {exc.strerror}") from exc
     if occupied and not force:
-        raise UsageError(f"--out {name} is not empty and does not hold a previous report; name "
-                         "another folder or pass --force to replace it")
+        raise UsageError(f"{opt('out')} {name} is not empty and does not hold a previous report; "
+                         f"name another folder or pass {opt('force', True)} to replace it")
 
 
-def overlay_note(overlays: Overlays | None, reason: str | None = None) -> str:
+def check_overlay_scale(scale: str) -> None:
+    """Refuse an overlay scale other than "absolute" or "block"."""
+    from coordatt_diag.reports.plots import OVERLAY_SCALES
+
+    if scale not in OVERLAY_SCALES:
+        raise UsageError(f"{opt('overlay_scale')} must be one of {', '.join(OVERLAY_SCALES)}, "
+                         f"not {scale!r}")
+
+
+def overlay_note(overlays: Overlays | None, reason: str | None = None,
+                 scale: str = "absolute") -> str:
     """The line under the overlays heading: what they show, or why there are none."""
     if overlays is not None and overlays.blocks:
+        colours = ("The colours of a block span its own range (dark: low, yellow: high; at "
+                   "least 0.06 wide, so that a flat map stays flat): compare blocks by the "
+                   "range under each name, not by colour." if scale == "block" else
+                   "The colours are on the absolute scale, mask value 0 (dark) to 1 (yellow), "
+                   "the same for every block: a collapsed mask is one flat colour "
+                   "(--overlay-scale block stretches each block over its own range).")
         return (f"{len(overlays.images)} samples ({overlays.display}) with each block's map laid "
                 "over them: a_h ⊗ a_w averaged over channels for coordinate attention, the "
-                "channel mean of a_hw, the spatial map for CBAM. The colours of a block span "
-                "its own range (dark: low, yellow: high; at least 0.06 wide, so that a flat map "
-                "stays flat). Channel-only blocks (SE) have no map.")
+                f"channel mean of a_hw, the spatial map for CBAM. {colours} Channel-only blocks "
+                "(SE) have no map.")
     if overlays is not None:
         return "No overlays: no block has a positional mask (channel attention only)."
     return reason or "Overlays are off (--overlays 0)."
@@ -96,12 +111,13 @@ def overlay_note(overlays: Overlays | None, reason: str | None = None) -> str:
 
 def write_report_folder(
     report: Report,
-    out: Path,
+    out: PathArg,
     overlays: Overlays | None = None,
     *,
     fmt: str = "png",
     force: bool = False,
     no_overlays_reason: str | None = None,
+    overlay_scale: str = "absolute",
 ) -> ReportFolder:
     """Render the report into `out` (index.html, report.md, report.json, plots/).
 
@@ -112,6 +128,8 @@ def write_report_folder(
         fmt: figure format, "png" or "svg".
         force: replace `out` even when it holds something other than a previous report.
         no_overlays_reason: the line the pages show when `overlays` is None.
+        overlay_scale: overlay colours over mask values 0..1 ("absolute") or over each
+            block's own range ("block").
 
     Returns:
         The written folder.
@@ -125,11 +143,12 @@ def write_report_folder(
     from coordatt_diag.reports.plots import FORMATS, render_plots
 
     if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        raise UsageError(f"{opt('fmt')} must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    check_overlay_scale(overlay_scale)
     out = Path(out)
     check_out_dir(out, force)
-    plots = render_plots(report, overlays, fmt)
-    note = overlay_note(overlays, no_overlays_reason)
+    plots = render_plots(report, overlays, fmt, overlay_scale)
+    note = overlay_note(overlays, no_overlays_reason, overlay_scale)
     files = ["index.html", "report.md", "report.json"]
     with staged_folder(out) as tmp:
         (tmp / "plots").mkdir()

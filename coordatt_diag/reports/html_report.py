@@ -54,7 +54,7 @@ table { border-collapse: collapse; margin: 6px 0 10px; font-size: 13px; }
 th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: left; vertical-align: top; }
 th { background: #f4f4f6; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.name { word-break: break-all; max-width: 360px; }
+td.name { overflow-wrap: anywhere; max-width: 360px; }
 tr.fail td:first-child { border-left: 4px solid var(--fail); }
 tr.warn td:first-child { border-left: 4px solid var(--warn); }
 ul.findings { padding-left: 20px; margin: 6px 0; }
@@ -71,6 +71,25 @@ section.block.fail { border-left: 5px solid var(--fail); }
 section.block.warn { border-left: 5px solid var(--warn); }
 a { color: #1558b0; text-decoration: none; } a:hover { text-decoration: underline; }
 .top { font-size: 12px; float: right; }
+/* Narrow windows (a phone, a side-by-side review at 700 px): the block and mask tables reflow
+   into one card per row, each cell on its own line under its column name, so no column is cut
+   off; the wider effect table scrolls sideways inside its box. */
+@media (max-width: 820px) {
+  main { padding: 10px 12px 32px; }
+  table.reflow, table.reflow tbody, table.reflow tr, table.reflow td { display: block; }
+  table.reflow { border: 0; width: 100%; }
+  table.reflow thead { display: none; }
+  table.reflow tr { border: 1px solid #ddd; border-radius: 6px; margin: 0 0 8px;
+    padding: 4px 8px; }
+  table.reflow tr.fail { border-left: 5px solid var(--fail); }
+  table.reflow tr.warn { border-left: 5px solid var(--warn); }
+  table.reflow td, table.reflow td.num, table.reflow td.name { border: 0; padding: 1px 0;
+    display: flex; justify-content: space-between; gap: 12px; max-width: none;
+    text-align: right; white-space: normal; }
+  table.reflow tr td:first-child { border-left: 0; }
+  table.reflow td::before { content: attr(data-label); font-weight: 600; color: #555;
+    text-align: left; flex: none; }
+}
 """
 _CSS = (":root { color-scheme: light; "
         + " ".join(f"--{k}: {v};" for k, v in STATUS_COLORS.items()) + " }" + _CSS)
@@ -154,21 +173,29 @@ def _header(report: Report) -> list[str]:
     return out
 
 
+def _cell(label: str, content: str, cls: str = "") -> str:
+    """A table cell that carries its column name, shown beside it when the table reflows."""
+    klass = f' class="{cls}"' if cls else ""
+    return f'<td{klass} data-label="{_e(label)}">{content}</td>'
+
+
 def _block_table(report: Report, order: list[tuple[int, BlockReport]]) -> list[str]:
     cols = ("#", "block", "type", "kind", "feature", "masks", "smallest std", "std ratio",
             "findings", "status")
-    rows = ['<div class="scroll"><table class="blocks"><thead><tr>'
+    rows = ['<div class="scroll"><table class="blocks reflow"><thead><tr>'
             + "".join(f"<th>{_e(c)}</th>" for c in cols) + "</tr></thead><tbody>"]
     for i, b in order:
-        rows.append(
-            f'<tr class="{_status_class(b.status)}">'
-            f'<td class="num">{i}</td>'
-            f'<td class="name"><a href="#{anchor(i)}"><code>{_e(display_name(b.name))}</code></a></td>'
-            f"<td>{_e(b.type)}</td><td>{_e(b.kind)}</td><td>{_e(feature(b))}</td>"
-            f"<td>{_e(', '.join(b.masks) or '-')}</td>"
-            f'<td class="num">{_e(fmt(smallest_std(b), 4))}</td>'
-            f'<td class="num">{_e(std_ratio(b))}</td>'
-            f'<td class="num">{len(b.findings)}</td><td>{_badge(b.status)}</td></tr>')
+        cells = [
+            (str(i), "num"),
+            (f'<a href="#{anchor(i)}"><code>{_e(display_name(b.name))}</code></a>', "name"),
+            (_e(b.type), ""), (_e(b.kind), ""), (_e(feature(b)), ""),
+            (_e(", ".join(b.masks) or "-"), ""),
+            (_e(fmt(smallest_std(b), 4)), "num"), (_e(std_ratio(b)), "num"),
+            (str(len(b.findings)), "num"), (_badge(b.status), ""),
+        ]
+        rows.append(f'<tr class="{_status_class(b.status)}">'
+                    + "".join(_cell(c, v, k) for c, (v, k) in zip(cols, cells, strict=True))
+                    + "</tr>")
     rows.append("</tbody></table></div>")
     return rows
 
@@ -205,12 +232,14 @@ def _block_section(i: int, b: BlockReport, plots: list[Plot]) -> list[str]:
         f'<p class="meta">{", ".join(facts)}</p>',
     ]
     if b.masks:
-        out.append('<div class="scroll"><table class="masks"><thead><tr>'
+        out.append('<div class="scroll"><table class="masks reflow"><thead><tr>'
                    + "".join(f"<th>{_e(c)}</th>" for c in MASK_COLUMNS) + "</tr></thead><tbody>")
         for name in b.masks:
             cells = mask_row(b, name)
-            out.append(f"<tr><td><code>{_e(cells[0])}</code></td>"
-                       + "".join(f'<td class="num">{_e(c)}</td>' for c in cells[1:]) + "</tr>")
+            out.append("<tr>" + _cell(MASK_COLUMNS[0], f"<code>{_e(cells[0])}</code>")
+                       + "".join(_cell(c, _e(v), "num")
+                                 for c, v in zip(MASK_COLUMNS[1:], cells[1:], strict=True))
+                       + "</tr>")
         out.append("</tbody></table></div>")
     else:
         out.append('<p class="note">no mask values were captured for this block</p>')

@@ -330,9 +330,10 @@ class _ProfileCanvas:
                 both = both[np.isfinite(both)]
                 if both.size:
                     lo, hi = min(lo, float(both.min())), max(hi, float(both.max()))
-            # at least 0.1 of mask value on the axis, so a flat profile looks flat, not noisy
+            # at least 0.1 of mask value on the axis, so a flat profile looks flat, not noisy;
+            # the whole band in view (mean ± spread can pass 0 or 1: the axis follows it)
             mid, half = (lo + hi) / 2, max((hi - lo) / 2 * 1.1, 0.05)
-            ax.set_ylim(max(-0.02, mid - half), min(1.02, mid + half))
+            ax.set_ylim(mid - half, mid + half)
             ax.set_xlim(-0.5, max(length - 0.5, 0.5))
         self.suptitle.set_text(f"{_short(display_name(block.name), 60)}: axis profiles (band: "
                                "± spread across channels; a flat line is position-blind)")
@@ -377,6 +378,11 @@ _GAP = 4
 _ALPHA = 0.55  # weight of the map over the image
 #: Narrowest colour range of an overlay (mask value): less would show a flat map as structure.
 MIN_SPAN = 0.06
+#: Overlay colour scales: "absolute" maps mask value 0..1 to the colour bar for every block, so
+#: blocks compare at a glance (a collapsed mask at 0.22-0.26 is one flat colour); "block"
+#: stretches each block's colours over its own range (at least `MIN_SPAN`), to see the structure
+#: of a weak mask.
+OVERLAY_SCALES = ("absolute", "block")
 
 
 def _to_rgb(image: np.ndarray) -> np.ndarray:
@@ -480,22 +486,41 @@ def _mosaic_figure(cells: list[list[np.ndarray | None]], col_titles: list[tuple[
     return _encode(fig, fmt, palette=False)
 
 
+def _scale_range(maps: list[np.ndarray], scale: str) -> tuple[float, float]:
+    return map_range(maps) if scale == "block" else (0.0, 1.0)
+
+
+def _values_range(maps: list[np.ndarray]) -> tuple[float, float]:
+    values = np.concatenate([m.ravel() for m in maps]) if maps else np.zeros(1)
+    values = values[np.isfinite(values)]
+    return (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+
+
+def _scale_words(scale: str) -> str:
+    return ("colours stretched over this block's own range" if scale == "block"
+            else "colours on the absolute 0-1 scale")
+
+
 def overlay_figure(block: BlockReport, overlay: BlockOverlay, images: list[np.ndarray],
-                   fmt: str = "png") -> bytes:
-    """The block's map over each sample image; the colours span the block's range."""
+                   fmt: str = "png", scale: str = "absolute") -> bytes:
+    """The block's map over each sample image; colours over mask values 0..1 (`scale`
+    "absolute") or over the block's own range ("block")."""
     pairs = list(zip(images, overlay.maps, strict=False))
-    lo, hi = map_range(overlay.maps)
+    lo, hi = _scale_range(overlay.maps, scale)
     cells: list[np.ndarray | None] = [composite(image, m, (lo, hi)) for image, m in pairs]
     titles = [(f"sample {i}: {np.nanmin(m):.3f} to {np.nanmax(m):.3f}", "black")
               for i, (_, m) in enumerate(pairs, start=1)]
     labels = (f"{hi:.3f}", f"{(lo + hi) / 2:.3f}", f"{lo:.3f}")
     return _mosaic_figure([cells], titles, [], f"{_short(display_name(block.name), 60)}: "
-                          f"{overlay.source} (mean over channels) on the inputs", labels, fmt)
+                          f"{overlay.source} (mean over channels) on the inputs\n"
+                          f"{_scale_words(scale)}", labels, fmt)
 
 
-def overlay_grid(report: Report, overlays: Overlays, fmt: str = "png") -> list[bytes]:
+def overlay_grid(report: Report, overlays: Overlays, fmt: str = "png",
+                 scale: str = "absolute") -> list[bytes]:
     """The overlay grid: a row per sample, the input first, then one column per block in model
-    order (`GRID_COLUMNS` blocks per figure); each column's colours span that block's range."""
+    order (`GRID_COLUMNS` blocks per figure); colours over mask values 0..1 (`scale`
+    "absolute"), or per column over that block's range ("block")."""
     shown_blocks = [b for b in report.blocks if b.name in overlays.blocks]
     if not shown_blocks or not overlays.images:
         return []
@@ -503,7 +528,7 @@ def overlay_grid(report: Report, overlays: Overlays, fmt: str = "png") -> list[b
     parts = math.ceil(len(shown_blocks) / GRID_COLUMNS)
     for start in range(0, len(shown_blocks), GRID_COLUMNS):
         chunk = shown_blocks[start:start + GRID_COLUMNS]
-        ranges = [map_range(overlays.blocks[b.name].maps) for b in chunk]
+        ranges = [_scale_range(overlays.blocks[b.name].maps, scale) for b in chunk]
         cells: list[list[np.ndarray | None]] = []
         for r, image in enumerate(overlays.images):
             row: list[np.ndarray | None] = [composite(image, None)]
@@ -511,16 +536,25 @@ def overlay_grid(report: Report, overlays: Overlays, fmt: str = "png") -> list[b
                 maps = overlays.blocks[block.name].maps
                 row.append(composite(image, maps[r], value_range) if r < len(maps) else None)
             cells.append(row)
+        # under each name: the colour span (block scale), or the values the maps hold (absolute)
+        spans = ranges if scale == "block" else [
+            _values_range(overlays.blocks[b.name].maps) for b in chunk]
         titles = [("input", "black")] + [
             (f"{_short(display_name(b.name), 20)}\n{lo:.3f} to {hi:.3f}",
              STATUS_COLORS.get(b.status, "black") if b.status != "ok" else "black")
-            for b, (lo, hi) in zip(chunk, ranges, strict=True)]
+            for b, (lo, hi) in zip(chunk, spans, strict=True)]
         rows = [f"sample {r + 1}" for r in range(len(overlays.images))]
         part = f" ({start // GRID_COLUMNS + 1}/{parts})" if parts > 1 else ""
+        if scale == "block":
+            what = "each column's colours span the range under its name"
+            bar = ("high", "", "low")
+        else:
+            what = ("colours on the absolute 0-1 scale for every block; under each name, the "
+                    "values its maps hold")
+            bar = ("1", "0.5", "0")
         out.append(_mosaic_figure(
             cells, titles, rows,
-            f"mask overlays, one column per block in model order{part}\neach column's colours "
-            "span the range under its name", ("high", "", "low"), fmt))
+            f"mask overlays, one column per block in model order{part}\n{what}", bar, fmt))
     return out
 
 
@@ -586,13 +620,26 @@ def summary_figure(report: Report, fmt: str = "png") -> bytes | None:
         ax_ratio.hlines([b.std_ratio.min for _, b in ratios],  # type: ignore[union-attr]
                         [i - 0.35 for i, _ in ratios], [i + 0.35 for i, _ in ratios],
                         color="black", lw=0.9, label="min over batches")
-    top = max([b.std_ratio.mean for _, b in ratios] + [floor, floor_mul])  # type: ignore[union-attr]
+    # each floor drawn over the blocks it judges: a block with an identity path against
+    # std_ratio_floor, a purely multiplicative one against std_ratio_floor_multiplicative (0: none)
+    floors: dict[bool, list[tuple[int, float]]] = {True: [], False: []}
+    for i, b in ratios:
+        bt = block_thresholds(report, b.name)
+        value = float(bt.get("std_ratio_floor" if b.identity_path
+                             else "std_ratio_floor_multiplicative", floor if b.identity_path
+                             else floor_mul))
+        if value > 0:
+            floors[b.identity_path].append((i, value))
+    drawn = [v for pts in floors.values() for _, v in pts]
+    top = max([b.std_ratio.mean for _, b in ratios] + drawn + [1e-3])  # type: ignore[union-attr]
     ax_ratio.set_ylim(0, top * 1.15)
-    ax_ratio.axhline(floor, color=STATUS_COLORS["warn"], ls="--", lw=1,
-                     label=f"floor {floor:g}, blocks with\nan identity path (hatched)")
-    if floor_mul > 0:
-        ax_ratio.axhline(floor_mul, color=STATUS_COLORS["warn"], ls=":", lw=1,
-                         label=f"floor {floor_mul:g},\nmultiplicative blocks")
+    for identity, style, label in ((True, "--", "floor, blocks with\nan identity path (hatched)"),
+                                   (False, ":", "floor, multiplicative\nblocks")):
+        pts = floors[identity]
+        if pts:
+            ax_ratio.hlines([v for _, v in pts], [i - 0.45 for i, _ in pts],
+                            [i + 0.45 for i, _ in pts], color=STATUS_COLORS["warn"], ls=style,
+                            lw=1.2, label=f"{label} ({', '.join(sorted({f'{v:g}' for _, v in pts}))})")
     ax_ratio.set_ylabel("std ratio\nstd(out) / std(x)")
     ax_ratio.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax_ratio.yaxis.set_major_locator(_max_n(4))
@@ -625,13 +672,16 @@ def _max_n(n: int) -> Any:
 # Everything
 
 
-def render_plots(report: Report, overlays: Overlays | None = None, fmt: str = "png") -> PlotSet:
+def render_plots(report: Report, overlays: Overlays | None = None, fmt: str = "png",
+                 overlay_scale: str = "absolute") -> PlotSet:
     """Every figure of the report.
 
     Args:
         report: the frozen report.
         overlays: the overlay data of the run (None: no overlay figures).
         fmt: "png" or "svg".
+        overlay_scale: "absolute" (default: every block's colours over mask values 0..1) or
+            "block" (each block stretched over its own range); see `OVERLAY_SCALES`.
 
     Returns:
         The figures, named for the report's `plots/` folder.
@@ -644,7 +694,7 @@ def render_plots(report: Report, overlays: Overlays | None = None, fmt: str = "p
                        "summary") if data is not None else None
         grid: list[Plot] = []
         if overlays is not None:
-            for i, g in enumerate(overlay_grid(report, overlays, fmt), start=1):
+            for i, g in enumerate(overlay_grid(report, overlays, fmt, overlay_scale), start=1):
                 grid.append(Plot(f"overlays-{i}.{fmt}", f"mask overlays, part {i}", g, "grid"))
         per_block: dict[str, list[Plot]] = {}
         cache: dict[Any, Any] = {}
@@ -661,7 +711,8 @@ def render_plots(report: Report, overlays: Overlays | None = None, fmt: str = "p
                 plots.append(Plot(f"{stem}-profile.{fmt}", f"{shown}: axis profiles", prof,
                                   "profile", block.name))
             if overlays is not None and block.name in overlays.blocks:
-                ov = overlay_figure(block, overlays.blocks[block.name], overlays.images, fmt)
+                ov = overlay_figure(block, overlays.blocks[block.name], overlays.images, fmt,
+                                    overlay_scale)
                 plots.append(Plot(f"{stem}-overlay.{fmt}", f"{shown}: mask overlays", ov,
                                   "overlay", block.name))
             per_block[block.name] = plots

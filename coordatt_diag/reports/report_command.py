@@ -15,19 +15,19 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from coordatt_diag.errors import InputError, UsageError
+from coordatt_diag.errors import InputError, UsageError, opt
 from coordatt_diag.runs.trend import HISTORY_SUFFIX, read_history
 
 if TYPE_CHECKING:
     from coordatt_diag.reports.folder import ReportFolder
-    from coordatt_diag.results import Report
+    from coordatt_diag.results import PathArg, Report
     from coordatt_diag.runs.inspect import InspectOptions, Progress
 
 FROM_JSON_NOTE = ("Overlays are not available with --from-json: a report JSON holds statistics, "
                   "not masks or images. Run `coordatt-diag report` on the checkpoint for them.")
 
 
-def read_saved_report(path: Path) -> Report:
+def read_saved_report(path: PathArg) -> Report:
     """The report in a JSON file written by `inspect --json` (or a report folder's report.json),
     validated against the report schema, or the latest probe of a watch's JSON-lines history
     (`.jsonl`).
@@ -37,11 +37,12 @@ def read_saved_report(path: Path) -> Report:
     """
     from coordatt_diag.runs.check import read_report_file
 
+    path = Path(path)
     if path.suffix == HISTORY_SUFFIX:
         if not path.is_file():
-            raise InputError(f"--from-json {path} does not exist")
+            raise InputError(f"{opt('from_json', path)} does not exist")
         return read_history(path)[-1]  # a watch's history: its latest probe
-    return read_report_file(path, "--from-json")
+    return read_report_file(path, opt("from_json"))
 
 
 def select_blocks(report: Report, pattern: str) -> Report:
@@ -55,24 +56,25 @@ def select_blocks(report: Report, pattern: str) -> Report:
     try:
         regex = re.compile(pattern)
     except re.error as exc:
-        raise UsageError(f"--blocks {pattern!r} is not a valid regular expression: {exc}") from exc
+        raise UsageError(f"{opt('blocks', pattern)} is not a valid regular expression: {exc}") from exc
     blocks = [b for b in report.blocks if regex.search(b.name)]
     if not blocks:
-        raise UsageError(f"--blocks {pattern!r} matches none of the {len(report.blocks)} blocks "
+        raise UsageError(f"{opt('blocks', pattern)} matches none of the {len(report.blocks)} blocks "
                          "in the report")
     return dataclasses.replace(report, blocks=blocks,
                                summary=summarize(blocks, list(report.findings)))
 
 
 def make_report(
-    out: Path,
-    checkpoint: Path | None = None,
+    out: PathArg,
+    checkpoint: PathArg | None = None,
     options: InspectOptions | None = None,
     *,
-    from_json: Path | None = None,
+    from_json: PathArg | None = None,
     overlays: int = 4,
     fmt: str = "png",
     force: bool = False,
+    overlay_scale: str = "absolute",
     progress: Progress | None = None,
     effect_progress: Progress | None = None,
 ) -> ReportFolder | None:
@@ -97,31 +99,38 @@ def make_report(
         UsageError: bad options or `out` (checked before the model runs).
         DiagError: the errors of `inspect` (checkpoint, inputs, no blocks).
     """
-    from coordatt_diag.reports.folder import check_out_dir, write_report_folder
+    from coordatt_diag.reports.folder import check_out_dir, check_overlay_scale, write_report_folder
     from coordatt_diag.reports.plots import FORMATS
     from coordatt_diag.runs.distributed import is_writer
     from coordatt_diag.runs.inspect import InspectOptions
     from coordatt_diag.runs.overlays import inspect_with_overlays
 
+    out = Path(out)
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    from_json = Path(from_json) if from_json is not None else None
     if (checkpoint is None) == (from_json is None):
-        raise UsageError("name a checkpoint or --from-json FILE (one of them)")
+        raise UsageError(f"name a checkpoint or {opt('from_json', 'FILE')} (one of them)")
     if overlays < 0:
-        raise UsageError("--overlays must be 0 or more")
+        raise UsageError(f"{opt('overlays')} must be 0 or more")
     if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        raise UsageError(f"{opt('fmt')} must be one of {', '.join(FORMATS)}, not {fmt!r}")
     opts = options or InspectOptions()
+    check_overlay_scale(overlay_scale)
     check_out_dir(out, force)  # before a long run, not after it
     if from_json is not None:
         if dataclasses.replace(opts, blocks=None) != InspectOptions():
-            raise UsageError("--from-json renders a saved report: the model and input options "
-                             "(--trust, --model, --images, ...) do not apply; --blocks does")
+            raise UsageError(f"{opt('from_json')} renders a saved report: the model and input "
+                             f"options ({opt('trust')}, {opt('model')}, {opt('images')}, ...) do "
+                             f"not apply; {opt('blocks')} does")
         report = read_saved_report(from_json)
         if opts.blocks is not None:
             report = select_blocks(report, opts.blocks)
         return write_report_folder(report, out, None, fmt=fmt, force=force,
+                                   overlay_scale=overlay_scale,
                                    no_overlays_reason=FROM_JSON_NOTE)
     assert checkpoint is not None
     report, shown = inspect_with_overlays(checkpoint, opts, overlays, progress, effect_progress)
     if not is_writer():
         return None
-    return write_report_folder(report, out, shown, fmt=fmt, force=force)
+    return write_report_folder(report, out, shown, fmt=fmt, force=force,
+                               overlay_scale=overlay_scale)

@@ -66,8 +66,9 @@ def render_trend(trend: Trend, console: Console) -> None:
     inp = trend.inputs
     console.print(Text(f"{len(trend.points)} checkpoints, {len(trend.blocks)} attention blocks, "
                        f"{inp.samples} samples from {inp.source} (the same for every checkpoint)"))
+    width = max(len(p.label) for p in trend.points)
     for p in trend.points:
-        line = Text(f"  {p.label:<12} {p.path} ")
+        line = Text(f"  {p.label:<{width}}  {p.path} ")
         line.append(p.status.upper(), style=_STYLE.get(p.status, ""))
         console.print(line)
     for i, b in enumerate(trend.blocks):
@@ -136,8 +137,8 @@ def write_plots(trend: Trend, out_dir: Path) -> list[Path]:
     with the command's other outputs, `coordatt_diag.reports.atomic`).
 
     Each plot has one line per block (and mask), over the epochs when every checkpoint records
-    one, else over the checkpoints in order; dashed lines mark the health thresholds, dotted red
-    lines the checkpoints where findings first appeared (named beside them).
+    its own epoch, else over the checkpoints in order (labelled); dashed lines mark the health
+    thresholds, dotted red lines the checkpoints where findings first appeared (named beside them).
 
     Returns:
         The files written.
@@ -150,7 +151,8 @@ def write_plots(trend: Trend, out_dir: Path) -> list[Path]:
         xlabel = "epoch"
     else:
         xs = [float(i) for i in range(len(trend.points))]
-        xlabel = "checkpoint"
+        xlabel = "checkpoint, in epoch order" if any(p.epoch is not None
+                                                     for p in trend.points) else "checkpoint"
     written = []
     for name, (title, ylabel) in PLOTS.items():
         stat = name.removesuffix(".png")

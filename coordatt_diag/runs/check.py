@@ -31,16 +31,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coordatt_diag.errors import InputError, UsageError, one_line, show_path
+from coordatt_diag.errors import InputError, UsageError, one_line, opt, show_path
 from coordatt_diag.health.rules import summarize, worst
 from coordatt_diag.health.thresholds import ThresholdConfig
-from coordatt_diag.results import SEVERITIES, BlockReport, Finding, Report, display_name
+from coordatt_diag.results import SEVERITIES, BlockReport, Finding, PathArg, Report, display_name
 
 if TYPE_CHECKING:
     from coordatt_diag.runs.inspect import InspectOptions, Progress
@@ -93,8 +93,8 @@ def gate_levels(pairs: Iterable[str] = (), defaults: Mapping[str, str] | None = 
         code, sep, level = pair.partition("=")
         code, level = code.strip(), level.strip().lower()
         if not sep or not code or level not in SEVERITIES:
-            raise UsageError(f"--level {pair!r}: write CODE=LEVEL with LEVEL one of "
-                             f"{', '.join(SEVERITIES)}, e.g. --level near_constant=warn")
+            raise UsageError(f"{opt('level', pair)}: write CODE=LEVEL with LEVEL one of "
+                             f"{', '.join(SEVERITIES)}, e.g. {opt('level', 'near_constant=warn')}")
         levels[code] = level
     return levels
 
@@ -102,7 +102,7 @@ def gate_levels(pairs: Iterable[str] = (), defaults: Mapping[str, str] | None = 
 def check_fail_on(fail_on: str) -> str:
     """Validate a `--fail-on` level (raises UsageError)."""
     if fail_on not in SEVERITIES:
-        raise UsageError(f"--fail-on must be one of {', '.join(SEVERITIES)}, not {fail_on!r}")
+        raise UsageError(f"{opt('fail_on')} must be one of {', '.join(SEVERITIES)}, not {fail_on!r}")
     return fail_on
 
 
@@ -123,7 +123,7 @@ class BaselineOptions:
         for name in ("max_drop", "max_ratio_drop"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+                raise UsageError(f"{opt(name)} must be in [0, 1], got {value}")
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,7 @@ class CheckResult:
 # Baseline comparison
 
 
-def read_report_file(path: Path, what: str = "report") -> Report:
+def read_report_file(path: PathArg, what: str = "report") -> Report:
     """Read a report JSON written by `inspect --json` or `check --write-baseline` (or the report of
     a one-checkpoint `check --json`), validated against the report schema first.
 
@@ -229,6 +229,7 @@ def read_report_file(path: Path, what: str = "report") -> Report:
     """
     from coordatt_diag.load.report_file import check_report_data, read_json_file
 
+    path = Path(path)
     data = read_json_file(path, what)
     if isinstance(data, dict) and data.get("schema") == CHECK_SCHEMA_ID:
         checkpoints = data.get("checkpoints")
@@ -236,7 +237,7 @@ def read_report_file(path: Path, what: str = "report") -> Report:
             n = len(checkpoints) if isinstance(checkpoints, list) else 0
             raise InputError(
                 f"{what} {show_path(path)} is a check result for {n} checkpoints; write a "
-                "baseline for one with check --write-baseline"
+                "baseline for one with `coordatt-diag check --write-baseline`"
             )
         data = checkpoints[0].get("report") if isinstance(checkpoints[0], dict) else None
     check_report_data(data, path, what)
@@ -245,7 +246,7 @@ def read_report_file(path: Path, what: str = "report") -> Report:
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise InputError(
             f"{what} {show_path(path)} is not a coordatt-diag report ({one_line(str(exc), 200)}); "
-            "write one with inspect --json or check --write-baseline"
+            "write one with `coordatt-diag inspect --json` or `coordatt-diag check --write-baseline`"
         ) from exc
 
 
@@ -452,11 +453,11 @@ def judge_report(
 
 
 def check_checkpoints(
-    paths: list[Path],
+    paths: Sequence[PathArg],
     options: InspectOptions | None = None,
     *,
     fail_on: str = FAIL_ON,
-    baseline: Path | None = None,
+    baseline: PathArg | None = None,
     baseline_options: BaselineOptions | None = None,
     levels: Mapping[str, str] | None = None,
     progress: Progress | None = None,
@@ -491,16 +492,16 @@ def check_checkpoints(
     bopts = baseline_options or BaselineOptions()
     opts = options or InspectOptions()
     thresholds = load_thresholds(opts.config)
-    for option, share in (("--max-drop", bopts.max_drop),
-                          ("--max-ratio-drop", bopts.max_ratio_drop)):
+    for option, share in ((opt("max_drop"), bopts.max_drop),
+                          (opt("max_ratio_drop"), bopts.max_ratio_drop)):
         if not 0 <= share <= 1:  # NaN fails too
             raise UsageError(f"{option} is a share of the baseline value, between 0 and 1; got "
                              f"{share}")
-    base = read_report_file(baseline, "--baseline") if baseline is not None else None
+    base = read_report_file(baseline, opt("baseline")) if baseline is not None else None
     if base is not None and not base.blocks:
-        raise UsageError(f"--baseline {show_path(baseline)} holds no attention block, so it "
-                         "cannot catch a regression; write it from the model with check "
-                         "--write-baseline")
+        raise UsageError(f"{opt('baseline')} {show_path(baseline)} holds no attention block, so it "
+                         "cannot catch a regression; write it from the model with "
+                         "`coordatt-diag check --write-baseline`")
     files = expand_paths(paths)
     times: list[tuple[str, float]] = []
 

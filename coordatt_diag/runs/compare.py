@@ -21,6 +21,7 @@ from coordatt_diag.results import (
     CheckpointInfo,
     Finding,
     InputsInfo,
+    PathArg,
     Report,
     Summary,
     display_name,
@@ -200,8 +201,8 @@ def is_report_file(path: Path) -> bool:
 
 
 def compare_sources(
-    a: Path,
-    b: Path,
+    a: PathArg,
+    b: PathArg,
     options: InspectOptions | None = None,
     progress: Progress | None = None,
     on_checkpoint: Callable[[int, Path], None] | None = None,
@@ -224,7 +225,7 @@ def compare_sources(
     """
     from coordatt_diag.runs.check import read_report_file
 
-    sources = [a, b]
+    sources = [Path(a), Path(b)]
     reports: dict[int, Report] = {}
     for i, p in enumerate(sources):
         if is_report_file(p):

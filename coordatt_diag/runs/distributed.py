@@ -100,7 +100,7 @@ def all_gather(obj: Any) -> list[Any]:
 def error_payload(exc: BaseException) -> tuple[str, str, int]:
     """What a failed rank tells the others: its error's class name, message and exit code."""
     code = exc.exit_code if isinstance(exc, DiagError) else 4
-    return (type(exc).__name__, str(exc), code)
+    return (type(exc).__name__, exc.raw if isinstance(exc, DiagError) else str(exc), code)
 
 
 class RankError(DiagError):

@@ -39,9 +39,9 @@ import torch
 from torch import nn
 
 from coordatt_diag.capture.engine import BlockCall, BlockSpec, MaskCapture
-from coordatt_diag.errors import InputError
+from coordatt_diag.errors import InputError, opt
 from coordatt_diag.load.inputs import read_array_file
-from coordatt_diag.results import Ablation, InputsInfo, MaskEffect
+from coordatt_diag.results import Ablation, InputsInfo, MaskEffect, PathArg
 
 if TYPE_CHECKING:
     from coordatt_diag.runs.distributed import Group
@@ -52,35 +52,36 @@ MODES = ("positional", "constant")
 Progress = Callable[[int], None]
 
 
-def load_labels(path: Path) -> torch.Tensor:
+def load_labels(path: PathArg) -> torch.Tensor:
     """Class indices from a .pt (tensor) or .npy file, as int64 (N,).
 
     Raises:
         InputError: the file is missing or unreadable, or does not hold a 1-D array of
             non-negative integers.
     """
-    obj = read_array_file(path, "--labels", "a 1-D tensor of class indices")
+    path = Path(path)
+    obj = read_array_file(path, opt("labels"), "a 1-D tensor of class indices")
     if isinstance(obj, (list, tuple)) and obj and all(isinstance(v, int) for v in obj):
         obj = torch.tensor(obj)
     if not isinstance(obj, torch.Tensor):
-        raise InputError(f"--labels {path} holds a {type(obj).__name__}; expected a 1-D tensor "
+        raise InputError(f"{opt('labels', path)} holds a {type(obj).__name__}; expected a 1-D tensor "
                          "of class indices")
     from coordatt_diag.load.inputs import check_plain_tensor
 
     check_plain_tensor(obj, f"--labels {path}")
     if obj.dim() != 1 or obj.numel() == 0:
-        raise InputError(f"--labels {path} holds a tensor of shape {tuple(obj.shape)}; expected "
+        raise InputError(f"{opt('labels', path)} holds a tensor of shape {tuple(obj.shape)}; expected "
                          "(N,) class indices, one per input sample")
     if obj.is_floating_point() or obj.is_complex() or obj.dtype == torch.bool:
-        raise InputError(f"--labels {path} holds {str(obj.dtype).replace('torch.', '')} values; "
+        raise InputError(f"{opt('labels', path)} holds {str(obj.dtype).replace('torch.', '')} values; "
                          "expected integer class indices")
     if int(obj.min()) < 0:
-        raise InputError(f"--labels {path} holds negative values; expected class indices >= 0")
+        raise InputError(f"{opt('labels', path)} holds negative values; expected class indices >= 0")
     return obj.to(torch.int64)
 
 
 def check_labels(labels: torch.Tensor, samples: int, skipped: int = 0, limited: bool = False,
-                 where: str = "--labels") -> torch.Tensor:
+                 where: str | None = None) -> torch.Tensor:
     """The labels of the `samples` inputs that were run, or an error when they cannot line up.
 
     Args:
@@ -88,11 +89,12 @@ def check_labels(labels: torch.Tensor, samples: int, skipped: int = 0, limited: 
         samples: number of samples run.
         skipped: images that could not be read (their labels can no longer be matched).
         limited: the inputs were cut short (`--batches`), so more labels than samples is fine.
-        where: how to name the labels in messages.
+        where: how to name the labels in messages (default: the `labels` setting).
     """
+    where = where or opt("labels")
     if skipped:
         raise InputError(f"{skipped} input images could not be read, so {where} no longer lines "
-                         "up with the inputs; remove the unreadable files or drop --labels")
+                         f"up with the inputs; remove the unreadable files or drop {opt('labels')}")
     n = int(labels.numel())
     if n < samples or (n > samples and not limited):
         raise InputError(f"{where} has {n} labels but the inputs have {samples} samples; give one "
@@ -310,14 +312,14 @@ def _run_batches(model: nn.Module, runs: dict[str, _BlockRun], sums: _Sums,
             y = None
             if labels is not None:
                 if logits is None:
-                    raise InputError("--labels needs a classifier (a model whose output is 2-D "
+                    raise InputError(f"{opt('labels')} needs a classifier (a model whose output is 2-D "
                                      f"logits); this model returns {_describe(base)}")
                 if offset > labels.numel():
-                    raise InputError(f"--labels has {labels.numel()} labels but the inputs have "
+                    raise InputError(f"{opt('labels')} has {labels.numel()} labels but the inputs have "
                                      "more samples; give one label per sample, in input order")
                 y = labels[start:offset].to(logits.device)
                 if int(y.max()) >= logits.shape[1]:
-                    raise InputError(f"--labels holds class {int(y.max())} but the model has "
+                    raise InputError(f"{opt('labels')} holds class {int(y.max())} but the model has "
                                      f"{logits.shape[1]} outputs")
                 sums.base_correct += int((logits.argmax(1) == y).sum())
                 sums.labelled += n

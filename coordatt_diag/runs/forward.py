@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from coordatt_diag.errors import DiagError, InputError, one_line
+from coordatt_diag.errors import DiagError, InputError, one_line, opt
 
 
 @contextlib.contextmanager
@@ -58,7 +58,7 @@ def _forward_errors(batch: torch.Tensor) -> Iterator[None]:
     except (RuntimeError, TypeError) as exc:
         raise InputError(
             f"the model's forward pass failed on a batch of shape {tuple(batch.shape)}: "
-            f"{_first(exc)}; check --imgsz, the channel count and the input tensors"
+            f"{_first(exc)}; check {opt('imgsz')}, the channel count and the input tensors"
         ) from exc
     except (Exception, SystemExit) as exc:
         if isinstance(exc, DiagError) or (isinstance(exc, Exception) and raised_by_us(exc)):

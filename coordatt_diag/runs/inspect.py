@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from torch import nn
 
 from coordatt_diag import __version__
 from coordatt_diag.capture.engine import BlockCall, BlockSpec, MaskCapture, discover_blocks
-from coordatt_diag.errors import InputError, NoBlocksError, UsageError
+from coordatt_diag.errors import InputError, NoBlocksError, UsageError, opt
 from coordatt_diag.health.rules import judge_block, summarize
 from coordatt_diag.health.thresholds import ThresholdConfig
 from coordatt_diag.load import memory
@@ -36,6 +37,7 @@ from coordatt_diag.results import (
     CheckpointInfo,
     InputsInfo,
     MaskEffect,
+    PathArg,
     Report,
     WeightInit,
 )
@@ -116,7 +118,7 @@ def _compile_pattern(pattern: str | None) -> str | None:
     try:
         re.compile(pattern)
     except re.error as exc:
-        raise UsageError(f"--blocks {pattern!r} is not a valid regular expression: {exc}") from exc
+        raise UsageError(f"{opt('blocks', pattern)} is not a valid regular expression: {exc}") from exc
     return pattern
 
 
@@ -163,11 +165,11 @@ def discover(model: nn.Module, sample: torch.Tensor, pattern: str | None = None,
         specs = discover_blocks(model, sample, pattern)
     if not specs:
         n = sum(1 for _ in model.modules())
-        where = f" among modules matching --blocks {pattern!r}" if pattern else ""
+        where = f" among modules matching {opt('blocks', pattern)}" if pattern else ""
         raise NoBlocksError(
             f"no attention block found{where}: searched {n} modules for gates (sigmoid, hard "
             "sigmoid, relu6(x+3)/6) whose output multiplies the module's input; name the "
-            "attention modules with --blocks REGEX if they compute masks another way"
+            f"attention modules with {opt('blocks', 'REGEX')} if they compute masks another way"
         )
     per_sample = None
     if measure:
@@ -575,31 +577,51 @@ class _Counted:
 
 @dataclass(frozen=True)
 class InspectOptions:
-    """Everything `inspect` needs besides the checkpoint path (the CLI options)."""
+    """Everything `inspect` needs besides the checkpoint path (the CLI options).
+
+    File and folder fields take a `str` or a `Path` (kept as `Path`); `imports` and `paths` take
+    one name or a sequence of them. Each field is the command-line option of the same name
+    (`imports` is `--import`, `paths` is `--path`, `model` is `--model`).
+    """
 
     trust: bool = False
     model: str | None = None
     model_args: str | None = None
     imports: tuple[str, ...] = ()
-    paths: tuple[Path, ...] = ()
-    images: Path | None = None
-    tensors: Path | None = None
+    paths: tuple[PathArg, ...] = ()
+    images: PathArg | None = None
+    tensors: PathArg | None = None
     imgsz: int | None = None  # 224, or 640 for YOLO models (see inputs.input_size)
     normalize: str = "unit"
     batch_size: int = 8
     batches: int | None = None
     seed: int = 0
     blocks: str | None = None
-    config: Path | None = None
+    config: PathArg | None = None
     device: str | None = None  # cpu, cuda, cuda:N, auto (None: auto)
     half: bool = False
     half_dtype: str = "float16"
     effect: bool = False  # also measure the mask effect (coordatt_diag.runs.effect)
-    labels: Path | None = None  # class indices of the inputs, for the effect's accuracy drop
+    labels: PathArg | None = None  # class indices of the inputs, for the effect's accuracy drop
+    #: the training script whose classes a pickled model names as `__main__.X` (with `trust`)
+    main_module: PathArg | None = None
+
+    def __post_init__(self) -> None:
+        # a Python caller writes InspectOptions(tensors="calib.pt", imports="mypkg.blocks")
+        for name in ("images", "tensors", "config", "labels", "main_module"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        imports: Any = self.imports
+        object.__setattr__(self, "imports",
+                           (imports,) if isinstance(imports, str) else tuple(imports))
+        paths: Any = self.paths
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        object.__setattr__(self, "paths", tuple(Path(p) for p in paths))
 
 
 def inspect_checkpoint(
-    path: Path,
+    path: PathArg,
     options: InspectOptions | None = None,
     progress: Progress | None = None,
     effect_progress: Progress | None = None,
@@ -608,7 +630,26 @@ def inspect_checkpoint(
 
     With `options.effect`, the inputs are opened and run again for the mask effect
     (`coordatt_diag.runs.effect`), which reports the batches it has done to `effect_progress`.
+
+    Args:
+        path: the checkpoint file (`str` or `Path`).
+        options: the inspect options (default: `InspectOptions()`, synthetic inputs).
+        progress: called with the number of batches done.
+        effect_progress: called with the number of mask-effect batches done.
+
+    Returns:
+        The judged report.
+
+    Raises:
+        DiagError: a `UsageError`, `CheckpointError`, `InputError` or `NoBlocksError` whose
+            message names the problem and the setting to change.
+
+    Example:
+        >>> from coordatt_diag import InspectOptions, inspect_checkpoint
+        >>> report = inspect_checkpoint("examples/digits_collapsed.pt", InspectOptions(
+        ...     model="coordatt_diag.demo:digits_net", tensors="examples/digits_samples.pt"))
     """
+    path = Path(path)
     from coordatt_diag.health.thresholds import load_thresholds
     from coordatt_diag.load.checkpoint import add_import_paths, load_model
     from coordatt_diag.load.inputs import input_channels, open_inputs
@@ -618,7 +659,8 @@ def inspect_checkpoint(
     labels = _effect_labels(opts)
     _compile_pattern(opts.blocks)
     add_import_paths(list(opts.paths), list(opts.imports))
-    loaded = load_model(path, trust=opts.trust, factory=opts.model, factory_args=opts.model_args)
+    loaded = load_model(path, trust=opts.trust, factory=opts.model, factory_args=opts.model_args,
+                        main_module=opts.main_module)
     placement = place_model(loaded.model, opts.device, opts.half, opts.half_dtype)
     open_stream = functools.partial(
         open_inputs,
@@ -644,7 +686,7 @@ def _effect_labels(opts: InspectOptions) -> torch.Tensor | None:
     if opts.labels is None:
         return None
     if not opts.effect:
-        raise UsageError("--labels is used by the mask effect: add --effect")
+        raise UsageError(f"{opt('labels')} is used by the mask effect: add {opt('effect', True)}")
     from coordatt_diag.runs.effect import load_labels
 
     return load_labels(opts.labels)

@@ -10,6 +10,7 @@ checkpoint streams its inputs as `inspect` does.
 
 from __future__ import annotations
 
+import copy
 import functools
 import glob
 import os
@@ -19,12 +20,12 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coordatt_diag.errors import CheckpointError, UsageError
+from coordatt_diag.errors import CheckpointError, DiagError, UsageError, opt
 
 if TYPE_CHECKING:
     import torch
 
-    from coordatt_diag.results import Report
+    from coordatt_diag.results import PathArg, Report
     from coordatt_diag.runs.inspect import InspectOptions, Progress
 
 #: Batches kept in memory before the rest go to a temporary folder (512 MiB).
@@ -100,7 +101,7 @@ def natural_key(text: str) -> list[tuple[int, int | str]]:
             for part in re.split(r"(\d+)", text) if part]
 
 
-def expand_paths(paths: Iterable[Path]) -> list[Path]:
+def expand_paths(paths: Iterable[PathArg]) -> list[Path]:
     """The checkpoint files named by `paths`, with glob patterns the shell left unexpanded
     (quoted in CI, or on Windows) expanded here in natural order; duplicates removed.
 
@@ -109,7 +110,8 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
     """
     out: list[Path] = []
     seen: set[Path] = set()
-    for p in paths:
+    for arg in paths:
+        p = Path(arg)
         text = str(p)
         try:
             exists = os.path.lexists(p)
@@ -130,6 +132,15 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
+def _naming(exc: DiagError, path: Path) -> DiagError:
+    """`exc` with the checkpoint it happened on named first (unless the message names it)."""
+    if str(path) in exc.raw:
+        return exc
+    named = copy.copy(exc)  # same class and exit code
+    named.args = (f"{path}: {exc.raw}", *exc.args[1:])
+    return named
+
+
 class _Replay:
     """The cached batches, as an input stream the mask effect can open again."""
 
@@ -146,7 +157,7 @@ def _check_pattern(pattern: str | None) -> None:
     try:
         re.compile(pattern)
     except re.error as exc:
-        raise UsageError(f"--blocks {pattern!r} is not a valid regular expression: {exc}") from exc
+        raise UsageError(f"{opt('blocks', pattern)} is not a valid regular expression: {exc}") from exc
 
 
 def inspect_checkpoints(
@@ -204,41 +215,44 @@ def inspect_checkpoints(
     with BatchCache() as cache:
         info = None
         for i, path in enumerate(paths):
-            if on_checkpoint is not None:
-                on_checkpoint(i, path)
-            loaded = load_model(path, trust=opts.trust, factory=opts.model,
-                                factory_args=opts.model_args)
-            placement = place_model(loaded.model, opts.device, opts.half, opts.half_dtype)
-            if info is None:
-                open_stream = functools.partial(
-                    open_inputs, images=opts.images, tensors=opts.tensors,
-                    channels=input_channels(loaded.model), imgsz=opts.imgsz,
-                    normalize=opts.normalize, batch_size=opts.batch_size,
-                    batches=opts.batches, seed=opts.seed, model=loaded.model,
-                )
-                stream = open_stream()
-                if len(paths) == 1:
-                    batches: Iterable[torch.Tensor] = stream.batches()
+            try:
+                if on_checkpoint is not None:
+                    on_checkpoint(i, path)
+                loaded = load_model(path, trust=opts.trust, factory=opts.model,
+                                    factory_args=opts.model_args, main_module=opts.main_module)
+                placement = place_model(loaded.model, opts.device, opts.half, opts.half_dtype)
+                if info is None:
+                    open_stream = functools.partial(
+                        open_inputs, images=opts.images, tensors=opts.tensors,
+                        channels=input_channels(loaded.model), imgsz=opts.imgsz,
+                        normalize=opts.normalize, batch_size=opts.batch_size,
+                        batches=opts.batches, seed=opts.seed, model=loaded.model,
+                    )
+                    stream = open_stream()
+                    if len(paths) == 1:
+                        batches: Iterable[torch.Tensor] = stream.batches()
+                    else:
+                        batches = cache.fill(stream.batches())
+                    state = run_batches(loaded.model, batches, blocks_pattern=opts.blocks,
+                                        device=placement.device, progress=count,
+                                        discoveries=discoveries)
+                    info = stream.info()
                 else:
-                    batches = cache.fill(stream.batches())
-                state = run_batches(loaded.model, batches, blocks_pattern=opts.blocks,
-                                    device=placement.device, progress=count,
-                                    discoveries=discoveries)
-                info = stream.info()
-            else:
-                state = run_batches(loaded.model, cache, blocks_pattern=opts.blocks,
-                                    device=placement.device, progress=count,
-                                    discoveries=discoveries)
-            effects = None
-            if opts.effect:
-                from coordatt_diag.runs.effect import effect_of_inputs
+                    state = run_batches(loaded.model, cache, blocks_pattern=opts.blocks,
+                                        device=placement.device, progress=count,
+                                        discoveries=discoveries)
+                effects = None
+                if opts.effect:
+                    from coordatt_diag.runs.effect import effect_of_inputs
 
-                again: Callable[[], Any] = (open_stream if len(paths) == 1
-                                            else functools.partial(_Replay, cache))
-                effects = effect_of_inputs(loaded.model, state.blocks, again, info,
-                                           labels=labels, limited=opts.batches is not None,
-                                           device=placement.device)
-            reports.append(finalize(loaded.model, state, thresholds, loaded.info, info,
-                                    effects=effects))
-            del loaded, state
+                    again: Callable[[], Any] = (open_stream if len(paths) == 1
+                                                else functools.partial(_Replay, cache))
+                    effects = effect_of_inputs(loaded.model, state.blocks, again, info,
+                                               labels=labels, limited=opts.batches is not None,
+                                               device=placement.device)
+                reports.append(finalize(loaded.model, state, thresholds, loaded.info, info,
+                                        effects=effects))
+                del loaded, state
+            except DiagError as exc:
+                raise _naming(exc, path) from exc
     return reports

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from coordatt_diag.errors import UsageError
+from coordatt_diag.errors import UsageError, opt
 
 if TYPE_CHECKING:
     import torch
@@ -249,7 +249,7 @@ def inspect_with_overlays(
     )
 
     if overlays < 0:
-        raise UsageError("--overlays must be 0 or more")
+        raise UsageError(f"{opt('overlays')} must be 0 or more")
     opts = options or InspectOptions()
     if overlays == 0:
         return inspect_checkpoint(path, opts, progress, effect_progress), None
@@ -266,9 +266,10 @@ def inspect_with_overlays(
             re.compile(opts.blocks)
         except re.error as exc:
             raise UsageError(
-                f"--blocks {opts.blocks!r} is not a valid regular expression: {exc}") from exc
+                f"{opt('blocks', opts.blocks)} is not a valid regular expression: {exc}") from exc
     add_import_paths(list(opts.paths), list(opts.imports))
-    loaded = load_model(path, trust=opts.trust, factory=opts.model, factory_args=opts.model_args)
+    loaded = load_model(path, trust=opts.trust, factory=opts.model, factory_args=opts.model_args,
+                        main_module=opts.main_module)
     placement = place_model(loaded.model, opts.device, opts.half, opts.half_dtype)
     open_stream = functools.partial(
         open_inputs,

@@ -11,12 +11,12 @@ where the masks start to flatten is where to look in the training run.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coordatt_diag.results import Finding, InputsInfo, Report
+from coordatt_diag.results import Finding, InputsInfo, PathArg, Report
 from coordatt_diag.runs.multirun import natural_key
 
 if TYPE_CHECKING:
@@ -32,7 +32,8 @@ class TrendPoint:
     Attributes:
         path: the checkpoint file.
         epoch: the epoch the file records (None when it records none, or -1).
-        label: "epoch N", or the file name when there is no epoch.
+        label: "epoch N", or the file name when there is no epoch; "epoch N (file name)" when
+            several checkpoints record epoch N (the file's path when their names are alike).
         sha256: hex digest of the file.
         status: the model's status at this checkpoint.
         findings: every finding at this checkpoint (the blocks', then the model-level ones).
@@ -120,8 +121,11 @@ class Trend:
 
     @property
     def by_epoch(self) -> bool:
-        """Every checkpoint records its epoch (the x axis is the epoch)."""
-        return bool(self.points) and all(p.epoch is not None for p in self.points)
+        """Every checkpoint records its own epoch, no two the same (the x axis is the epoch);
+        otherwise the plots are over the checkpoints in order (`last.pt` and `best.pt` of one
+        run often record the same epoch)."""
+        epochs = [p.epoch for p in self.points]
+        return bool(epochs) and None not in epochs and len(set(epochs)) == len(epochs)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document (schema `coordatt-diag/trend@1`)."""
@@ -144,6 +148,33 @@ def order_reports(reports: list[Report]) -> list[Report]:
     return sorted(reports, key=key)
 
 
+def _name(report: Report, path: str) -> str:
+    """A watch's label for its probe (history lines), else the checkpoint's file name."""
+    watch = report.checkpoint.extra.get("watch")
+    if isinstance(watch, dict) and watch.get("label"):
+        return str(watch["label"])
+    return Path(path).name
+
+
+def _labels(reports: list[Report]) -> list[str]:
+    """"epoch N", or the name without an epoch (a watch's probe label, else the file name); a
+    repeated epoch gets the name too (the path when the names repeat), so that every checkpoint
+    reads apart."""
+    paths = [r.checkpoint.path or "model" for r in reports]
+    epochs = [_epoch(r) for r in reports]
+    names = [_name(r, p) for r, p in zip(reports, paths, strict=True)]
+    out = []
+    for path, name, epoch in zip(paths, names, epochs, strict=True):
+        if epoch is None:
+            out.append(name if names.count(name) == 1 else path)
+        elif epochs.count(epoch) == 1:
+            out.append(f"epoch {epoch}")
+        else:
+            same = [n for n, e in zip(names, epochs, strict=True) if e == epoch]
+            out.append(f"epoch {epoch} ({name if same.count(name) == 1 else path})")
+    return out
+
+
 def build_trend(reports: list[Report], order: bool = True) -> Trend:
     """The trend of `reports` (ordered with `order_reports` unless `order` is False).
 
@@ -162,13 +193,10 @@ def build_trend(reports: list[Report], order: bool = True) -> Trend:
     names: list[str] = []
     types: dict[str, str] = {}
     first_seen: dict[tuple[str, str, str | None], FirstSeen] = {}
-    for i, r in enumerate(ordered):
+    labels = _labels(ordered)
+    for i, (r, label) in enumerate(zip(ordered, labels, strict=True)):
         epoch = _epoch(r)
         path = r.checkpoint.path or "model"
-        watch = r.checkpoint.extra.get("watch")
-        label = (f"epoch {epoch}" if epoch is not None
-                 else str(watch["label"]) if isinstance(watch, dict) and watch.get("label")
-                 else Path(path).name)
         findings = [f for b in r.blocks for f in b.findings] + list(r.findings)
         points.append(TrendPoint(path=path, epoch=epoch, label=label, sha256=r.checkpoint.sha256,
                                  status=r.summary.status, findings=findings))
@@ -246,7 +274,7 @@ def trend_history(path: Path) -> Trend:
 
 
 def trend_checkpoints(
-    paths: list[Path],
+    paths: Sequence[PathArg],
     options: InspectOptions | None = None,
     progress: Progress | None = None,
     on_checkpoint: Callable[[int, Path], None] | None = None,
@@ -269,7 +297,7 @@ def trend_checkpoints(
     from coordatt_diag.runs.multirun import expand_paths, inspect_checkpoints
 
     if any(Path(p).suffix == HISTORY_SUFFIX for p in paths):
-        return _history_trend(paths, options)
+        return _history_trend([Path(p) for p in paths], options)
     files = expand_paths(paths)
     return build_trend(inspect_checkpoints(files, options, progress, on_checkpoint))
 
