@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from coordatt_diag.runs.watch import DEFAULT_PROBE_SAMPLES  # noqa: E402
+from coordatt_diag.runs.watch import DEFAULT_BUDGET, DEFAULT_PROBE_SAMPLES  # noqa: E402
 
 
 class Recorder:
@@ -54,7 +54,7 @@ class Recorder:
         pass
 
 
-def digits(epochs: int, samples: int, log_dir: Path) -> dict[str, Any]:
+def digits(epochs: int, samples: int, log_dir: Path, budget: float | None) -> dict[str, Any]:
     import torch.nn.functional as F
 
     from coordatt_diag.demo import digits_net, load_digits_split
@@ -68,7 +68,7 @@ def digits(epochs: int, samples: int, log_dir: Path) -> dict[str, Any]:
         model = digits_net()
         rec = Recorder()
         watch = (MaskWatch(model, probe, log_dir=log_dir, log=None, tensorboard=False,
-                           sinks=[rec]) if watched else None)
+                           sinks=[rec], budget=budget) if watched else None)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
         gen = torch.Generator().manual_seed(0)
         x, y = split.x_train, split.y_train
@@ -98,7 +98,8 @@ def digits(epochs: int, samples: int, log_dir: Path) -> dict[str, Any]:
             "samples": rec.results[0].report.inputs.samples}
 
 
-def ultralytics(epochs: int, samples: int, train_images: int, root: Path) -> dict[str, Any]:
+def ultralytics(epochs: int, samples: int, train_images: int, root: Path,
+                budget: float | None) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT / "tests" / "integration"))
     import make_checkpoints as mc
     from ultralytics import YOLO
@@ -120,7 +121,8 @@ def ultralytics(epochs: int, samples: int, train_images: int, root: Path) -> dic
                            lambda t: epoch_s.append(time.perf_counter() - starts[-1]))
         if watched:
             watch_training(model, probe_images=root / "data" / "images" / "val",
-                           samples=samples, tensorboard=False, sinks=[rec], log=None)
+                           samples=samples, tensorboard=False, sinks=[rec], log=None,
+                           budget=budget)
         model.train(data=str(data), epochs=epochs, imgsz=64, batch=16, workers=0, device="cpu",
                     plots=False, amp=False, val=False, project=str(root), exist_ok=True,
                     name="watched" if watched else "plain", seed=0, deterministic=True,
@@ -141,13 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=DEFAULT_PROBE_SAMPLES,
                     help="probe samples (default: the watch's default for a probe folder)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--budget", default=str(DEFAULT_BUDGET),
+                    help="the watch's time budget (default: its default); 'none' probes every epoch")
     args = ap.parse_args(argv)
+    budget = None if args.budget.lower() == "none" else float(args.budget)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         if args.training == "digits":
-            out = digits(args.epochs, args.samples, Path(tmp))
+            out = digits(args.epochs, args.samples, Path(tmp), budget)
         else:
-            out = ultralytics(args.epochs, args.samples, args.train_images, Path(tmp))
+            out = ultralytics(args.epochs, args.samples, args.train_images, Path(tmp), budget)
     epoch = statistics.median(out["epoch_s"])
     first, later = out["probes"][0], out["probes"][1:] or out["probes"]
     probe = statistics.median(later)
@@ -158,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{[round(s, 3) for s in out['probes']]}")
     print(f"  probe per epoch as a share of an epoch: {probe / epoch:.2%} "
           f"(first probe {first / epoch:.2%})")
+    total = sum(out["epoch_s"])
+    print(f"  with budget {budget}: {len(out['probes'])} probes in {args.epochs} epochs, "
+          f"probe time {sum(out['probes']):.3f} s = {sum(out['probes']) / total:.2%} of the "
+          f"training time ({total:.3f} s)")
     if "same_losses" in out:
         print(f"  loss curve with the watch identical to without: {out['same_losses']}")
     return 0

@@ -21,6 +21,7 @@ from torch import nn
 
 from coordatt_diag.cli import app
 from coordatt_diag.demo import DigitsSplit, digits_net, load_digits_split, train_sgd
+from coordatt_diag.errors import UsageError
 from coordatt_diag.runs.inspect import analyze_model
 from coordatt_diag.runs.trend import read_history, trend_history
 from coordatt_diag.watch import MaskWatch
@@ -63,7 +64,7 @@ def _watched_run(split: DigitsSplit, weight_decay: float, log_dir: Path) -> dict
     model = digits_net()
     lines: list[str] = []
     writer = FakeWriter()
-    watch = MaskWatch(model, split.x_test, log_dir=log_dir, log=lines.append, tensorboard=writer)
+    watch = MaskWatch(model, split.x_test, budget=None, log_dir=log_dir, log=lines.append, tensorboard=writer)
     results = []
     train_sgd(model, split, EPOCHS, weight_decay, seed=0, batch_size=BATCH,
               on_epoch=lambda epoch: results.append(watch.step(epoch)) or results[-1])
@@ -237,7 +238,7 @@ def _plain_loop(split: DigitsSplit, watch_it: bool, epochs: int = 3) -> tuple[li
     model = _noisy_digits_net()
     model.stem.stem[1].eval()  # a frozen batch norm: a flag the watch must leave as it is
     model.stem.stem[1].train = lambda mode=True: model.stem.stem[1]  # type: ignore[method-assign]
-    watch = MaskWatch(model, split.x_test, log=None, tensorboard=False) if watch_it else None
+    watch = MaskWatch(model, split.x_test, budget=None, log=None, tensorboard=False) if watch_it else None
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=COLLAPSING)
     x, y = split.x_train[:128], split.y_train[:128]
     losses: list[float] = []
@@ -274,7 +275,7 @@ def test_watching_changes_neither_losses_nor_random_stream(split: DigitsSplit) -
 def test_stop_on_fail_ends_a_plain_loop(tmp_path: Path) -> None:
     model = constructed_net(pos=0.0, chan=0.0)  # masks at sigmoid(0) = 0.5 everywhere: collapsed
     lines: list[str] = []
-    watch = MaskWatch(model, torch.randn(4, 3, 16, 16), log_dir=tmp_path, stop_on="fail",
+    watch = MaskWatch(model, torch.randn(4, 3, 16, 16), budget=None, log_dir=tmp_path, stop_on="fail",
                       log=lines.append, tensorboard=False)
     ran = []
     for epoch in range(5):
@@ -285,14 +286,14 @@ def test_stop_on_fail_ends_a_plain_loop(tmp_path: Path) -> None:
     assert ran == [0] and watch.should_stop
     assert lines[-1] == ("epoch 0: mask health is FAIL, at or above stop_on='fail': asking the "
                          "training to stop")
-    healthy = MaskWatch(constructed_net(), torch.randn(4, 3, 16, 16), stop_on="fail", log=None)
+    healthy = MaskWatch(constructed_net(), torch.randn(4, 3, 16, 16), budget=None, stop_on="fail", log=None)
     assert healthy.step(0) is not None and not healthy.should_stop
 
 
 def test_stop_on_ends_the_demo_training(split: DigitsSplit) -> None:
     torch.manual_seed(0)
     model = digits_net()
-    watch = MaskWatch(model, split.x_test, stop_on="warn", log=None)
+    watch = MaskWatch(model, split.x_test, budget=None, stop_on="warn", log=None)
     epochs: list[int] = []
 
     def on_epoch(epoch: int) -> Any:
@@ -307,11 +308,11 @@ def test_stop_on_ends_the_demo_training(split: DigitsSplit) -> None:
 
 def test_every_and_ranks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     model = constructed_net()
-    watch = MaskWatch(model, torch.randn(4, 3, 16, 16), every=3, log=None, log_dir=tmp_path)
+    watch = MaskWatch(model, torch.randn(4, 3, 16, 16), budget=None, every=3, log=None, log_dir=tmp_path)
     done = [watch.step(e) is not None for e in range(7)]
     assert done == [True, False, False, True, False, False, True]
     monkeypatch.setenv("RANK", "1")  # another DDP rank: nothing probed, nothing written
-    other = MaskWatch(model, torch.randn(4, 3, 16, 16), log=None, log_dir=tmp_path / "rank1")
+    other = MaskWatch(model, torch.randn(4, 3, 16, 16), budget=None, log=None, log_dir=tmp_path / "rank1")
     assert other.step(0) is None and not (tmp_path / "rank1").exists()
 
 
@@ -319,13 +320,13 @@ def test_probe_from_a_tensors_file_and_bad_options(tmp_path: Path) -> None:
     from coordatt_diag.errors import UsageError
 
     torch.save(torch.randn(40, 3, 16, 16), tmp_path / "probe.pt")
-    watch = MaskWatch(constructed_net(), tmp_path / "probe.pt", samples=20, log=None)
+    watch = MaskWatch(constructed_net(), tmp_path / "probe.pt", budget=None, samples=20, log=None)
     result = watch.step(0)
     assert result is not None and result.report.inputs.samples == 20
     with pytest.raises(UsageError):
-        MaskWatch(constructed_net(), torch.randn(2, 3, 8, 8), stop_on="error")
+        MaskWatch(constructed_net(), torch.randn(2, 3, 8, 8), budget=None, stop_on="error")
     with pytest.raises(UsageError):
-        MaskWatch(constructed_net(), torch.randn(2, 3, 8, 8), tensorboard=True)
+        MaskWatch(constructed_net(), torch.randn(2, 3, 8, 8), budget=None, tensorboard=True)
 
 
 def test_history_reader_skips_a_cut_last_line(collapsing: dict[str, Any], tmp_path: Path) -> None:
@@ -348,7 +349,7 @@ def test_config_file_and_wrapped_model(tmp_path: Path) -> None:
     config = tmp_path / "health.toml"
     config.write_text("near_constant_warn = 0.9\nnear_constant_fail = 0.5\n")
     model, x = constructed_net(), torch.randn(4, 3, 16, 16)
-    watch = MaskWatch(nn.DataParallel(model), x, config=config, log=None)
+    watch = MaskWatch(nn.DataParallel(model), x, budget=None, config=config, log=None)
     result = watch.step(0)
     assert result is not None
     expected = analyze_model(model, [x], thresholds=load_thresholds(config))
@@ -383,7 +384,7 @@ def test_ultralytics_callbacks_on_a_trainer_double(tmp_path: Path) -> None:
                               args=SimpleNamespace(imgsz=16), save_dir=str(tmp_path), epoch=0,
                               stop=False)
     yolo, lines = YoloDouble(), []
-    callbacks = watch_training(yolo, probe_images=torch.randn(4, 3, 16, 16), stop_on="fail",
+    callbacks = watch_training(yolo, budget=None, probe_images=torch.randn(4, 3, 16, 16), stop_on="fail",
                                log=lines.append, tensorboard=False)
     for epoch in range(2):
         trainer.epoch = epoch
@@ -398,3 +399,61 @@ def test_ultralytics_callbacks_on_a_trainer_double(tmp_path: Path) -> None:
     history = read_history(tmp_path / "mask-health" / "history.jsonl")
     assert [r.checkpoint.epoch for r in history] == [0, 1]
     assert any("asking the training to stop" in ln for ln in lines)
+
+
+class _Clock:
+    """A fake wall clock: the training advances it between steps, each probe by `probe_cost`."""
+
+    def __init__(self, probe_cost: float) -> None:
+        self.now = 0.0
+        self.probe_cost = probe_cost
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _timed_watch(budget: float | None, probe_cost: float) -> tuple[MaskWatch, _Clock]:
+    clock = _Clock(probe_cost)
+    watch = MaskWatch(constructed_net(), torch.randn(4, 3, 16, 16), budget=budget, log=None)
+    watch._clock = clock
+    watch._started = clock.now
+    real_probe = watch.probe
+
+    def probe(model: nn.Module, when: object = None) -> object:
+        clock.now += clock.probe_cost
+        return real_probe(model, when)  # type: ignore[arg-type]
+
+    watch.probe = probe  # type: ignore[method-assign]
+    return watch, clock
+
+
+def test_the_default_budget_keeps_probes_under_one_percent_of_the_training_time() -> None:
+    watch, clock = _timed_watch(0.01, probe_cost=1.0)  # a probe costs 10 % of a 10 s epoch
+    for epoch in range(300):
+        clock.now += 10.0  # one epoch of training
+        watch.step(epoch)
+    training = 300 * 10.0
+    spent = watch.probes * 1.0
+    assert watch.probes >= 3 and watch.skipped == 300 - watch.probes
+    # the first probe is free of the budget; after it the share never exceeds 1 %
+    assert spent - 1.0 <= 0.01 * training
+    assert spent >= 0.5 * 0.01 * training  # and the budget is used, not wasted
+
+
+def test_a_cheap_probe_runs_every_epoch_and_no_budget_probes_always() -> None:
+    cheap, clock = _timed_watch(0.01, probe_cost=0.05)  # 0.5 % of an epoch: within the budget
+    for epoch in range(20):
+        clock.now += 10.0
+        cheap.step(epoch)
+    assert cheap.probes == 20 and cheap.skipped == 0
+    dear, clock = _timed_watch(None, probe_cost=5.0)
+    for epoch in range(5):
+        clock.now += 10.0
+        dear.step(epoch)
+    assert dear.probes == 5 and dear.skipped == 0
+
+
+def test_a_budget_outside_zero_to_one_is_refused() -> None:
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(UsageError, match="budget"):
+            MaskWatch(constructed_net(), torch.randn(2, 3, 8, 8), budget=bad, log=None)

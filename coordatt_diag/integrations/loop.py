@@ -24,7 +24,7 @@ from torch import nn
 
 from coordatt_diag.health.thresholds import ThresholdConfig
 from coordatt_diag.reports.watch import HistoryWriter, LogLines
-from coordatt_diag.runs.watch import DEFAULT_PROBE_SAMPLES, Probe, Watch, WatchSink
+from coordatt_diag.runs.watch import DEFAULT_BUDGET, DEFAULT_PROBE_SAMPLES, Probe, Watch, WatchSink
 
 
 def _stderr(line: str) -> None:
@@ -49,6 +49,8 @@ class MaskWatch(Watch):
         blocks, config, imgsz, normalize, samples, device: as `coordatt_diag.runs.watch.Watch`
             (`--blocks`, `--config`, and how a probe path is read).
         sinks: further outputs.
+        budget: the largest share of the training's time the probes may take (default 0.01); a
+            probe that would exceed it is skipped. None: probe on every `every`-th step.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class MaskWatch(Watch):
         samples: int = DEFAULT_PROBE_SAMPLES,
         device: Any = None,
         sinks: Sequence[WatchSink] = (),
+        budget: float | None = DEFAULT_BUDGET,
     ) -> None:
         from coordatt_diag.errors import UsageError
         from coordatt_diag.integrations import tensorboard as tb
@@ -93,7 +96,7 @@ class MaskWatch(Watch):
             outputs.append(tb.TensorBoardSink(tensorboard, histograms))
         super().__init__(model, probe, every=every, blocks=blocks, config=config,
                          stop_on=stop_on, sinks=[*outputs, *sinks], imgsz=imgsz,
-                         normalize=normalize, samples=samples, device=device)
+                         normalize=normalize, samples=samples, device=device, budget=budget)
 
     @property
     def history(self) -> Path | None:

@@ -46,6 +46,8 @@ STOP_LEVELS = ("warn", "fail")
 _ORDER = {"ok": 0, "info": 0, "warn": 1, "fail": 2}
 #: Samples taken from a probe file or folder by default: a probe costs a small share of an epoch.
 DEFAULT_PROBE_SAMPLES = 32
+#: Default time budget of a watch: its probes take at most this share of the training's time.
+DEFAULT_BUDGET = 0.01
 
 FindingKey = tuple[str, str, str | None]
 
@@ -167,6 +169,10 @@ class Watch:
         imgsz, normalize, samples: for a probe path: the input side (default as `inspect`
             decides for the model), the normalisation, and how many samples to take.
         device: where to probe (default: where the model's parameters are at each probe).
+        budget: the largest share of the training's wall time the probes may take (default 1 %):
+            a call of `step` whose probe would take the watch's own time above this share of
+            the time since the watch was made is skipped (`skipped` counts them). The first
+            probe always runs; None probes on every `every`-th call whatever it costs.
     """
 
     def __init__(
@@ -183,7 +189,10 @@ class Watch:
         normalize: str = "unit",
         samples: int = DEFAULT_PROBE_SAMPLES,
         device: torch.device | str | None = None,
+        budget: float | None = DEFAULT_BUDGET,
     ) -> None:
+        if budget is not None and not (0 < budget <= 1):
+            raise UsageError(f"budget must be a share in (0, 1] or None, not {budget!r}")
         if every < 1:
             raise UsageError("every must be at least 1")
         if stop_on is not None and stop_on not in STOP_LEVELS:
@@ -213,6 +222,13 @@ class Watch:
         #: The latest probe's result.
         self.last: ProbeResult | None = None
         self.closed = False
+        self.budget = budget
+        #: Calls of `step` skipped to keep the probes within `budget`.
+        self.skipped = 0
+        self._clock = time.perf_counter
+        self._started = self._clock()
+        self._spent = 0.0  # wall time of every probe so far
+        self._last_cost: float | None = None
 
     # -- the training loop's side ---------------------------------------------------------------
 
@@ -235,10 +251,15 @@ class Watch:
         target = unwrap(model) if model is not None else self.model
         if target is None:
             raise UsageError("the watch has no model: pass one to MaskWatch or to step(model=...)")
+        if self._over_budget():
+            self.skipped += 1
+            return None
         when = ProbeTime(probe=self.probes, epoch=epoch, step=step)
-        t0 = time.perf_counter()
+        t0 = self._clock()
         report = self.probe(target, when)
-        seconds = time.perf_counter() - t0
+        seconds = self._clock() - t0
+        self._spent += seconds
+        self._last_cost = seconds
         changes = self._changes(report, when)
         stop = self.stop_on is not None and _ORDER[report.summary.status] >= _ORDER[self.stop_on]
         result = ProbeResult(time=when, report=report, changes=changes,
@@ -249,6 +270,14 @@ class Watch:
         for sink in self.sinks:
             sink.write(result)
         return result
+
+    def _over_budget(self) -> bool:
+        """Whether one more probe (costing what the last one did) would take the watch's time
+        above `budget` of the training's time since the watch was made."""
+        if self.budget is None or self._last_cost is None:
+            return False
+        training = self._clock() - self._started - self._spent
+        return self._spent + self._last_cost > self.budget * training
 
     def close(self) -> None:
         """Close the sinks (flush the history and TensorBoard files); later steps do nothing."""

@@ -108,7 +108,7 @@ def _yolo_train(setup: dict[str, Path], name: str, epochs: int, **watch: Any) ->
     from coordatt_diag.integrations.ultralytics import watch_training
 
     model = YOLO(str(setup["yaml"]), task="detect")
-    callbacks = watch_training(model, probe_images=setup["val"], samples=8, **watch)
+    callbacks = watch_training(model, budget=None, probe_images=setup["val"], samples=8, **watch)
     model.train(data=str(setup["data"]), epochs=epochs, imgsz=64, batch=8, workers=0,
                 device="cpu", plots=False, amp=False, val=False, project=str(setup["root"]),
                 name=name, exist_ok=True, seed=0, deterministic=True, verbose=False,
@@ -215,7 +215,7 @@ def _lightning_fit(tmp_path: Path, epochs: int, **callback: Any) -> tuple[Any, A
 
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(64, 1, 16, 16), torch.randint(0, 10, (64,)))
-    health = MaskHealth(probe=torch.randn(16, 1, 16, 16), **callback)
+    health = MaskHealth(budget=None, probe=torch.randn(16, 1, 16, 16), **callback)
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1,
                          default_root_dir=str(tmp_path), callbacks=[health],
                          enable_checkpointing=False, enable_progress_bar=False,
