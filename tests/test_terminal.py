@@ -126,6 +126,10 @@ def test_verdict_legend_and_grouped_findings(screens: dict[tuple[str, int], Any]
     assert len(re.findall(r"^WARN stage2\.att a_h, a_w \[near_constant\]", findings, re.M)) == 1
     assert "WARN stage1.att a_h [" not in findings
     assert _flat(findings).count("remedy: exclude the attention parameters") == 1
+    # the remedy names the page that explains it, and that page has the section
+    assert _flat(findings).count("(explained in docs/remedies.md#near_constant)") == 1
+    page = (Path(__file__).resolve().parents[1] / "docs" / "remedies.md").read_text()
+    assert "\n## near_constant\n" in page
     # a_h's and a_w's values side by side, as measured
     assert "std 0.01402/0.01616 < 0.03" in _flat(findings)
     # wrapped lines keep the hanging indent (under the text, not under WARN)

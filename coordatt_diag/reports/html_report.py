@@ -113,10 +113,14 @@ def _img(plot: Plot) -> str:
             f"<figcaption>{_e(plot.alt)}</figcaption></figure>")
 
 
+def _doc(f: Finding) -> str:
+    return f' <span class="doc">(explained in <code>{_e(f.doc)}</code>)</span>' if f.doc else ""
+
+
 def _finding_item(f: Finding) -> str:
     mask = f"<code>{_e(f.mask)}</code> " if f.mask else ""
     return (f"<li>{_badge(f.severity)} {mask}<code>[{_e(f.code)}]</code> {_e(f.message)}"
-            f'<br><span class="remedy">remedy: {_e(f.remedy)}</span></li>')
+            f'<br><span class="remedy">remedy: {_e(f.remedy)}</span>{_doc(f)}</li>')
 
 
 def _where(f: Finding, index_of: dict[str, int]) -> str:
@@ -137,7 +141,7 @@ def _finding_groups(report: Report, index_of: dict[str, int]) -> list[str]:
         count = (f"{len(group)} findings in {blocks} blocks" if len(group) > 1
                  else "1 finding")
         out.append(f"<li>{_badge(f.severity)} <code>[{_e(f.code)}]</code> {count}"
-                   f'<br><span class="remedy">remedy: {_e(f.remedy)}</span><ul>')
+                   f'<br><span class="remedy">remedy: {_e(f.remedy)}</span>{_doc(f)}<ul>')
         out += [f"<li>{_where(g, index_of)}: {_e(g.message)}</li>" for g in group]
         out.append("</ul></li>")
     out.append("</ul>")

@@ -59,10 +59,14 @@ def _img(plot: Plot, folder: str) -> str:
     return f"![{md_escape(plot.alt)}]({folder}/{plot.file})"
 
 
+def _doc(f: Finding) -> str:
+    return f" (explained in {_code(f.doc)})" if f.doc else ""
+
+
 def _finding(f: Finding) -> str:
     mask = f"{_code(f.mask)} " if f.mask else ""
     return (f"- **{md_escape(f.severity.upper())}** {mask}\\[{md_escape(f.code)}\\]: "
-            f"{md_escape(f.message)}  \n  remedy: {md_escape(f.remedy)}")
+            f"{md_escape(f.message)}  \n  remedy: {md_escape(f.remedy)}{_doc(f)}")
 
 
 def _finding_groups(report: Report, index_of: dict[str, int]) -> list[str]:
@@ -72,7 +76,7 @@ def _finding_groups(report: Report, index_of: dict[str, int]) -> list[str]:
         blocks = len({g.block for g in group})
         count = f"{len(group)} findings in {blocks} blocks" if len(group) > 1 else "1 finding"
         out.append(f"- **{md_escape(f.severity.upper())}** \\[{md_escape(f.code)}\\] {count}  \n"
-                   f"  remedy: {md_escape(f.remedy)}")
+                   f"  remedy: {md_escape(f.remedy)}{_doc(f)}")
         for g in group:
             if g.block in index_of:
                 where = f"[{_code(display_name(g.block))}](#{anchor(index_of[g.block])})"

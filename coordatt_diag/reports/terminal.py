@@ -253,7 +253,11 @@ def render_findings(report: Report, console: Console) -> None:
         return
     console.print(Text("Findings", style="bold"))
     rows: list[tuple[Text, Text]] = []
+    docs = {f.code: f.doc for f in findings if f.doc}
     for remedy, groups in by_remedy(group_findings(findings)):
+        pages = list(dict.fromkeys(docs[g.code] for g in groups if g.code in docs))
+        if pages:
+            remedy = f"{remedy} (explained in {', '.join(pages)})"
         for g in groups:
             tag = Text(f"{g.severity.upper():<4}", style=_STYLE[g.severity])
             rows.append((tag, Text(words(console, f"{g.where} [{g.code}]: {g.message}"))))
