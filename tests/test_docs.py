@@ -152,3 +152,16 @@ def test_every_exit_code_is_documented() -> None:
     docs_codes = set(re.findall(r"^\| (\d+) \|", docs.split("## Outputs", 1)[0], re.M))
     assert readme_codes == {str(c) for c in EXIT_CODES}
     assert docs_codes == {str(c) for c in EXIT_CODES}
+
+
+def test_the_readme_coverage_table_adds_up_to_the_generated_coverage_page() -> None:
+    page = (ROOT / "docs" / "coverage.md").read_text()
+    m = re.search(r"found (\d+)/(\d+), exact (\d+)/(\d+); negatives clean (\d+)/(\d+)", page)
+    assert m is not None
+    rows = re.findall(r"^\| [^|]+ \| (\d+)/(\d+) \| (\d+)/(\d+) \|$", README, re.M)
+    assert len(rows) == len(re.findall(r"^\| [^|]+ \| [^|]+ \| [^|]+ \| \d+/\d+ \| \d+/\d+ \|$",
+                                       page, re.M))  # one README row per family of the page
+    found = sum(int(r[0]) for r in rows), sum(int(r[1]) for r in rows)
+    exact = sum(int(r[2]) for r in rows), sum(int(r[3]) for r in rows)
+    assert found == (int(m[1]), int(m[2])) and exact == (int(m[3]), int(m[4]))
+    assert f"clean {m[5]}/{m[6]}" in README
