@@ -649,12 +649,34 @@ def inspect_checkpoint(
         >>> report = inspect_checkpoint("examples/digits_collapsed.pt", InspectOptions(
         ...     model="coordatt_diag.demo:digits_net", tensors="examples/digits_samples.pt"))
     """
+    return _inspect(path, options or InspectOptions(), progress, effect_progress).report
+
+
+@dataclass
+class Inspection:
+    """What an inspection ran, for a caller that goes on with the model (overlays): the report,
+    the loaded model, its blocks and the device it ran on."""
+
+    report: Report
+    model: nn.Module
+    blocks: list[BlockSpec]
+    device: torch.device
+
+
+def _inspect(
+    path: PathArg,
+    opts: InspectOptions,
+    progress: Progress | None = None,
+    effect_progress: Progress | None = None,
+    watch_batches: Callable[[Iterable[torch.Tensor]], Iterable[torch.Tensor]] | None = None,
+) -> Inspection:
+    """`inspect_checkpoint`'s steps; `watch_batches` wraps the batch stream of the run (overlays
+    keep its first samples)."""
     path = Path(path)
     from coordatt_diag.health.thresholds import load_thresholds
     from coordatt_diag.load.checkpoint import add_import_paths, load_model
     from coordatt_diag.load.inputs import input_channels, open_inputs
 
-    opts = options or InspectOptions()
     thresholds = load_thresholds(opts.config)
     labels = _effect_labels(opts)
     _compile_pattern(opts.blocks)
@@ -669,7 +691,10 @@ def inspect_checkpoint(
         batches=opts.batches, seed=opts.seed, model=loaded.model,
     )
     stream = open_stream()
-    state = run_batches(loaded.model, stream.batches(), blocks_pattern=opts.blocks,
+    batches: Iterable[torch.Tensor] = stream.batches()
+    if watch_batches is not None:
+        batches = watch_batches(batches)
+    state = run_batches(loaded.model, batches, blocks_pattern=opts.blocks,
                         device=placement.device, progress=progress)
     effects = None
     if opts.effect:
@@ -678,7 +703,9 @@ def inspect_checkpoint(
         effects = effect_of_inputs(loaded.model, state.blocks, open_stream, stream.info(),
                                    labels=labels, limited=opts.batches is not None,
                                    device=placement.device, progress=effect_progress)
-    return finalize(loaded.model, state, thresholds, loaded.info, stream.info(), effects=effects)
+    report = finalize(loaded.model, state, thresholds, loaded.info, stream.info(), effects=effects)
+    return Inspection(report=report, model=loaded.model, blocks=state.blocks,
+                      device=placement.device)
 
 
 def _effect_labels(opts: InspectOptions) -> torch.Tensor | None:

@@ -20,8 +20,6 @@ stretched per sample from their 1st to their 99th percentile.
 
 from __future__ import annotations
 
-import functools
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,7 +225,7 @@ def inspect_with_overlays(
     progress: Progress | None = None,
     effect_progress: Progress | None = None,
 ) -> tuple[Report, Overlays | None]:
-    """`analysis.inspect_checkpoint` plus the overlay maps of the first `overlays` samples.
+    """`inspect_checkpoint` plus the overlay maps of the first `overlays` samples.
 
     Args:
         path: the checkpoint.
@@ -239,14 +237,7 @@ def inspect_with_overlays(
     Returns:
         The report, and the overlays (None when `overlays` is 0).
     """
-    from coordatt_diag.runs.inspect import (
-        InspectOptions,
-        _effect_labels,
-        finalize,
-        inspect_checkpoint,
-        place_model,
-        run_batches,
-    )
+    from coordatt_diag.runs.inspect import InspectOptions, _inspect, inspect_checkpoint
 
     if overlays < 0:
         raise UsageError(f"{opt('overlays')} must be 0 or more")
@@ -254,47 +245,20 @@ def inspect_with_overlays(
     if overlays == 0:
         return inspect_checkpoint(path, opts, progress, effect_progress), None
 
-    # The same steps as `inspect_checkpoint`, keeping the model and the first samples.
-    from coordatt_diag.health.thresholds import load_thresholds
-    from coordatt_diag.load.checkpoint import add_import_paths, load_model
-    from coordatt_diag.load.inputs import input_channels, open_inputs
+    # inspect's own run, keeping the first samples of its batch stream
+    first: _FirstSamples | None = None
 
-    thresholds = load_thresholds(opts.config)
-    labels = _effect_labels(opts)
-    if opts.blocks is not None:
-        try:
-            re.compile(opts.blocks)
-        except re.error as exc:
-            raise UsageError(
-                f"{opt('blocks', opts.blocks)} is not a valid regular expression: {exc}") from exc
-    add_import_paths(list(opts.paths), list(opts.imports))
-    loaded = load_model(path, trust=opts.trust, factory=opts.model, factory_args=opts.model_args,
-                        main_module=opts.main_module)
-    placement = place_model(loaded.model, opts.device, opts.half, opts.half_dtype)
-    open_stream = functools.partial(
-        open_inputs,
-        images=opts.images, tensors=opts.tensors, channels=input_channels(loaded.model),
-        imgsz=opts.imgsz, normalize=opts.normalize, batch_size=opts.batch_size,
-        batches=opts.batches, seed=opts.seed, model=loaded.model,
-    )
-    stream = open_stream()
-    first = _FirstSamples(stream.batches(), overlays)
-    device = placement.device
-    state = run_batches(loaded.model, first, blocks_pattern=opts.blocks, device=device,
-                        progress=progress)
-    effects = None
-    if opts.effect:
-        from coordatt_diag.runs.effect import effect_of_inputs
+    def keep_first(batches: Iterable[torch.Tensor]) -> Iterable[torch.Tensor]:
+        nonlocal first
+        first = _FirstSamples(batches, overlays)
+        return first
 
-        effects = effect_of_inputs(loaded.model, state.blocks, open_stream, stream.info(),
-                                   labels=labels, limited=opts.batches is not None,
-                                   device=device, progress=effect_progress)
-    report = finalize(loaded.model, state, thresholds, loaded.info, stream.info(),
-                      effects=effects)
-    samples = first.samples()
+    done = _inspect(path, opts, progress, effect_progress, watch_batches=keep_first)
+    report = done.report
+    samples = first.samples() if first is not None else None
     if samples is None:
         return report, None
-    maps = collect_overlays(loaded.model, state.blocks, samples, device)
+    maps = collect_overlays(done.model, done.blocks, samples, done.device)
     info = report.inputs
     images, how = display_images(samples, info.source, info.normalize)
     return report, Overlays(images=images, blocks=maps, display=how)
