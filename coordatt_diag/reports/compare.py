@@ -13,12 +13,10 @@ from rich.text import Text
 
 from coordatt_diag.reports.atomic import write_text
 from coordatt_diag.reports.json_report import _clean
-from coordatt_diag.reports.terminal import fits, new_table, print_hanging, print_table, words
+from coordatt_diag.reports.terminal import STATUS_STYLE, fits, new_table, print_hanging, print_table, words
 from coordatt_diag.reports.wording import group_findings
 from coordatt_diag.results import Finding, display_name
 from coordatt_diag.runs.compare import Change, Comparison
-
-_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "info": "cyan"}
 
 
 def _cell(c: Change, digits: int, arrow: str, wide: bool) -> str:
@@ -37,9 +35,9 @@ def _cell(c: Change, digits: int, arrow: str, wide: bool) -> str:
 
 def _status(a: str | None, b: str | None, arrow: str) -> Text:
     text = Text()
-    text.append((a or "-").upper(), style=_STYLE.get(a or "", ""))
+    text.append((a or "-").upper(), style=STATUS_STYLE.get(a or "", ""))
     text.append(arrow)
-    text.append((b or "-").upper(), style=_STYLE.get(b or "", ""))
+    text.append((b or "-").upper(), style=STATUS_STYLE.get(b or "", ""))
     return text
 
 
@@ -72,7 +70,7 @@ def _finding_rows(mark: str, findings: list[Finding],
     rows = []
     for g in group_findings(findings):
         tag = Text(f"  {mark} ")
-        tag.append(f"{g.severity.upper():<4}", style=_STYLE.get(g.severity, ""))
+        tag.append(f"{g.severity.upper():<4}", style=STATUS_STYLE.get(g.severity, ""))
         rows.append((tag, Text(words(console, f"{g.where} [{g.code}]: {g.message}"))))
     return rows
 
@@ -86,7 +84,7 @@ def render_compare(comparison: Comparison, console: Console, wide: bool | None =
     for tag, source, s in (("A", c.source_a, c.summary_a), ("B", c.source_b, c.summary_b)):
         line = Text(f"{tag}: {source}: {s.blocks} blocks, {s.ok} ok, {s.warn} warn, {s.fail} fail"
                     " -> ")
-        line.append(s.status.upper(), style=_STYLE.get(s.status, ""))
+        line.append(s.status.upper(), style=STATUS_STYLE.get(s.status, ""))
         console.print(line)
     table = compare_table(c, console, wide=wide is not False)
     if wide is None and not fits(console, table):

@@ -28,7 +28,8 @@ from coordatt_diag.reports.monitor_lines import monitor_lines
 from coordatt_diag.reports.wording import ascii_text, by_remedy, group_findings, legend, verdict
 from coordatt_diag.results import BlockReport, MaskStats, Report, display_name
 
-_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "info": "cyan"}
+#: The colour of each status and severity, shared by the terminal renderers.
+STATUS_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "info": "cyan"}
 
 #: Terminal width from which the full table is shown.
 WIDE_AT = 120
@@ -176,7 +177,7 @@ def blocks_table(report: Report, console: Console, wide: bool = False) -> Table:
     for b in report.blocks:
         masks: list[tuple[str, MaskStats | None]] = list(b.masks.items()) or [("-", None)]
         ratio = "-" if b.std_ratio is None else f"{b.std_ratio.mean:.3f}"
-        status = Text(b.status.upper(), style=_STYLE[b.status])
+        status = Text(b.status.upper(), style=STATUS_STYLE[b.status])
         for i, (kind, m) in enumerate(masks):
             first = i == 0
             if wide:
@@ -259,7 +260,7 @@ def render_findings(report: Report, console: Console) -> None:
         if pages:
             remedy = f"{remedy} (explained in {', '.join(pages)})"
         for g in groups:
-            tag = Text(f"{g.severity.upper():<4}", style=_STYLE[g.severity])
+            tag = Text(f"{g.severity.upper():<4}", style=STATUS_STYLE[g.severity])
             rows.append((tag, Text(words(console, f"{g.where} [{g.code}]: {g.message}"))))
         rows.append((Text("  ->"), Text(words(console, f"remedy: {remedy}"),
                                         style="" if console.no_color else "italic")))
@@ -297,7 +298,7 @@ def render(report: Report, console: Console, wide: bool | None = None) -> None:
                        + (f" ({inp.skipped} unreadable skipped)" if inp.skipped else "")))
     print_hanging(console, [(Text("Verdict:", style="bold"),
                              Text(words(console, verdict(report)),
-                                  style=_STYLE[report.summary.status]))])
+                                  style=STATUS_STYLE[report.summary.status]))])
     print_table(console, blocks_table(report, console, wide))
     monitor = monitor_table(report, console)
     text = legend(table_columns(wide), _legend_terms(report, monitor is not None))
@@ -312,7 +313,7 @@ def render(report: Report, console: Console, wide: bool | None = None) -> None:
     render_findings(report, console)
     s = report.summary
     summary = Text(f"{s.blocks} blocks: {s.ok} ok, {s.warn} warn, {s.fail} fail -> ")
-    summary.append(s.status.upper(), style=_STYLE[s.status])
+    summary.append(s.status.upper(), style=STATUS_STYLE[s.status])
     console.print(summary)
     if inp.note:
         console.print(Text(f"note: {inp.note}", style="dim"))
