@@ -294,3 +294,15 @@ def test_step_summary_says_what_the_gate_counted(tmp_path: Path) -> None:
     text = summary.read_text()
     assert text.startswith("## coordatt-diag check failed: 1 of 1 checkpoint unhealthy")
     assert "- **FAIL** (a warn the gate counts as fail) `stage1.att a_h` `near_constant`" in text
+
+
+def test_stderr_lines_fold_at_word_boundaries_only_on_a_terminal() -> None:
+    from coordatt_diag.reports.check import fold_line
+
+    line = ("FAIL examples/digits_collapsed.pt stage1.att: near_constant a_h (0.01402 vs 0.03), "
+            "near_constant a_w (0.01616 vs 0.03)")
+    assert fold_line(line, None) == line  # a CI log keeps one line per block
+    folded = fold_line(line, 80).splitlines()
+    assert len(folded) == 2 and all(len(x) <= 80 for x in folded)
+    assert folded[1].startswith("    ") and "0.03)," in folded[0] + folded[1]
+    assert " ".join(x.strip() for x in folded) == line  # no token is cut

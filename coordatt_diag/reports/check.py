@@ -97,6 +97,28 @@ def emit_check(
     summary_file = env.get("GITHUB_STEP_SUMMARY")
     if summary_file:
         append_step_summary(result, Path(summary_file))
-    for line in failing_lines(result):
-        sys.stderr.write(line + "\n")
-    sys.stderr.write(verdict_line(result) + "\n")
+    width = _terminal_width(sys.stderr)
+    for line in [*failing_lines(result), verdict_line(result)]:
+        sys.stderr.write(fold_line(line, width) + "\n")
+
+
+def _terminal_width(stream: object) -> int | None:
+    """The width of the terminal `stream` writes to; None when it is not a terminal (a CI log,
+    a pipe), where each line stays whole for grep and log annotations."""
+    try:
+        if stream.isatty():  # type: ignore[attr-defined]
+            return os.get_terminal_size(stream.fileno()).columns  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        pass
+    return None
+
+
+def fold_line(line: str, width: int | None) -> str:
+    """`line` folded at word boundaries to `width` columns with a hanging indent of four
+    spaces (a terminal would otherwise break it mid-number); unchanged when `width` is None."""
+    if width is None or len(line) <= width:
+        return line
+    import textwrap
+
+    return "\n".join(textwrap.wrap(line, width=max(width, 20), subsequent_indent="    ",
+                                    break_long_words=False, break_on_hyphens=False))
