@@ -65,7 +65,42 @@ class _Part:
     shape: tuple[int, int, int]
 
 
-def _batch_part(mask: torch.Tensor) -> _Part:
+@dataclass
+class _Raw:
+    """One batch of one mask on the host path, reduced to what a fold needs and no more.
+
+    `sums` holds [sum of row means, sum of row deviation norms] and `gram` the 2x2 products of
+    the same two vectors (float64, a few numbers): the mean, variance and positional std follow
+    at fold time, for many batches at once. A row is one sample and channel along the mask's
+    positions. `sum_h` / `sum_w` / `sq_c` are taken by the accumulator as soon as it gets the batch.
+    """
+
+    rows: int
+    length: int
+    sums: torch.Tensor
+    gram: torch.Tensor
+    lo: float
+    hi: float
+    counts: torch.Tensor | None  # [<= 0.01, >= 0.99, exactly 0 or 1] (int64); None: all 0
+    hist: torch.Tensor  # 65 counts: the 64 bins, then the values equal to 1.0
+    sum_h: torch.Tensor | None
+    sum_w: torch.Tensor | None
+    sq_c: torch.Tensor | None
+    samples: int
+    shape: tuple[int, int, int]
+
+
+def _raw_part(mask: torch.Tensor) -> _Raw | _Part:
+    """One batch of a mask: a `_Raw` on the host path, else (accelerator, non-finite values) the
+    full `_Part` of `_masked_part`.
+
+    Each statistic comes from as few passes over the mask as the CPU allows: one for the range
+    (`aminmax`, which also says whether every value is finite), one for the row means, two for
+    the deviations from them (their norms give the positional std and, with the spread of the
+    row means, the variance: law of total variance), two for the histogram, one or two for the
+    axis sums; the tail comparisons only when the range reaches a tail. Everything else works on
+    vectors of one value per row.
+    """
     m = mask.detach()
     if m.dtype not in (torch.float32, _F64):
         m = m.float()
@@ -73,47 +108,45 @@ def _batch_part(mask: torch.Tensor) -> _Part:
         return _masked_part(m)
     b, c, h, w = m.shape
     length = h * w
-    # A row is one sample and channel along the mask's positions. The row means give the total;
-    # the norms of the deviations from them give the positional std and, with the spread of the
-    # row means (law of total variance), the variance: fewer passes than separate reductions.
-    rows = m.reshape(b * c, length)
-    row_mean = rows.mean(dim=1)
-    lo, hi = torch.aminmax(m)
-    total, lo_v, hi_v = torch.stack([row_mean.sum(), lo, hi]).tolist()  # the one host transfer
-    if not math.isfinite(total):
+    lo_t, hi_t = torch.aminmax(m)
+    lo_v, hi_v = lo_t.item(), hi_t.item()  # the one host transfer (NaN and inf show here)
+    if not (math.isfinite(lo_v) and math.isfinite(hi_v)):
         return _masked_part(m)
-    mean = row_mean.mean()
-    dev = row_mean - mean
-    m2 = (dev * dev).sum() * length
+    rows = m.reshape(b * c, length)
     if length > 1:
-        norms = torch.linalg.vector_norm(rows - row_mean.unsqueeze(1), dim=1)
-        m2 = m2 + (norms * norms).sum()
-        pos_sum = norms.sum() / math.sqrt(length)
+        # a product with a vector of ones: several times faster than a sum along short rows
+        ones = rows.new_ones(length)
+        row_mean = torch.mv(rows, ones).div_(length)
+        dev = rows - row_mean.unsqueeze(1)
+        norms = torch.mv(dev.mul_(dev), ones).sqrt_()
+        vecs = torch.stack([row_mean, norms]).to(_F64)
     else:
-        pos_sum = torch.zeros((), dtype=m.dtype, device=m.device)
+        row_mean = rows.reshape(-1)
+        vecs = torch.stack([row_mean, torch.zeros_like(row_mean)]).to(_F64)
+    gram = vecs @ vecs.T
+    sums = vecs.sum(dim=1)
     flat = m.reshape(-1)
     if lo_v >= 0.0 and hi_v <= 1.0:
         # bin k holds [k/64, (k+1)/64) and 1.0 joins the last, as in torch.histc over [0, 1]:
         # x * 64 is exact in binary floating point, and this costs a tenth of histc; codes
         # 0..64 fit uint8, whose bincount is three times faster than int32's on a CPU
-        counts64 = torch.bincount((flat * HIST_BINS).to(torch.uint8), minlength=HIST_BINS + 1)
-        counts64[HIST_BINS - 1:HIST_BINS] += counts64[HIST_BINS:]
-        hist = counts64[:HIST_BINS]
+        # (1.0 lands in code 64, folded into the last bin when batches are folded)
+        hist = torch.bincount((flat * HIST_BINS).to(torch.uint8), minlength=HIST_BINS + 1)
     else:
-        hist = torch.histc(flat, bins=HIST_BINS, min=0.0, max=1.0).to(torch.int64)
+        hist = torch.cat([torch.histc(flat, bins=HIST_BINS, min=0.0, max=1.0).to(torch.int64),
+                          torch.zeros(1, dtype=torch.int64)])
     # the range, already on the host, says which tails can hold values at all: a healthy mask
     # skips every comparison
     if lo_v <= SAT_LOW or hi_v >= SAT_HIGH:
         zero = torch.zeros((), dtype=torch.int64, device=m.device)
         counts = torch.stack([
-            (flat <= SAT_LOW).sum() if lo_v <= SAT_LOW else zero,
-            (flat >= SAT_HIGH).sum() if hi_v >= SAT_HIGH else zero,
-            ((flat == 0).sum() if lo_v <= 0.0 else zero) + ((flat == 1).sum() if hi_v >= 1.0
-                                                             else zero),
-            zero,
+            torch.count_nonzero(flat <= SAT_LOW) if lo_v <= SAT_LOW else zero,
+            torch.count_nonzero(flat >= SAT_HIGH) if hi_v >= SAT_HIGH else zero,
+            (torch.count_nonzero(flat == 0) if lo_v <= 0.0 else zero)
+            + (torch.count_nonzero(flat == 1) if hi_v >= 1.0 else zero),
         ])
     else:
-        counts = torch.zeros(4, dtype=torch.int64, device=m.device)
+        counts = None
     # one pass over the mask when one axis is 1 (a_h, a_w, channel masks): the other sum follows
     if h == 1:
         sum_w = m.sum(dim=(0, 2))
@@ -121,12 +154,57 @@ def _batch_part(mask: torch.Tensor) -> _Part:
     else:
         sum_h = m.sum(dim=(0, 3))
         sum_w = sum_h.sum(dim=1, keepdim=True) if w == 1 else m.sum(dim=(0, 2))
-    sq_c = row_mean.reshape(b, c).to(_F64).pow(2).sum(dim=0)
+    # per channel, the sum over samples of the squared per-sample means
+    sq_c = vecs[0].view(b, c).square().sum(dim=0)
+    return _Raw(rows=b * c, length=length, sums=sums, gram=gram, lo=lo_v, hi=hi_v,
+                counts=counts, hist=hist, sum_h=sum_h, sum_w=sum_w, sq_c=sq_c, samples=b,
+                shape=(c, h, w))
+
+
+def _fold_raws(raws: list[_Raw]) -> _Part:
+    """Many host-path batches of one shape as one `_Part` (a few stacked operations)."""
+    first = raws[0]
+    sums = torch.stack([r.sums for r in raws])  # (P, 2)
+    gram = torch.stack([r.gram for r in raws])  # (P, 2, 2)
+    rows = torch.tensor([r.rows for r in raws], dtype=_F64)
+    length = torch.tensor([r.length for r in raws], dtype=_F64)
+    n = rows * length
+    total = n.sum()
+    part_mean = sums[:, 0] / rows
+    mean = (sums[:, 0] * length).sum() / total
+    # per batch: length * (spread of the row means) + the rows' own squared deviations
+    inner = length * (gram[:, 0, 0] - sums[:, 0] * part_mean) + gram[:, 1, 1]
+    spread = part_mean - mean
+    m2 = inner.clamp(min=0).sum() + (n * spread * spread).sum()
+    pos_sum = (sums[:, 1] / length.sqrt()).sum()
+    lo = min(r.lo for r in raws)
+    hi = max(r.hi for r in raws)
+    scal = torch.stack([mean, m2, torch.tensor(lo, dtype=_F64), torch.tensor(hi, dtype=_F64),
+                        pos_sum])
+    # out of place throughout: a fold may run outside inference mode on a run's tensors
+    tails = [r.counts for r in raws if r.counts is not None]
+    zero = torch.zeros(1, dtype=torch.int64)
+    counts = (torch.cat([torch.stack(tails).sum(dim=0), zero]) if tails
+              else torch.zeros(4, dtype=torch.int64))
+    codes = torch.stack([r.hist for r in raws]).sum(dim=0)
+    hist = torch.cat([codes[:HIST_BINS - 1], codes[HIST_BINS - 1:].sum(dim=0, keepdim=True)])
+    pos_rows = sum(r.rows for r in raws if r.length > 1)
     return _Part(
-        n=m.numel(), scal=torch.stack([mean, m2, lo, hi, pos_sum]), counts=counts, hist=hist,
-        pos_rows=b * c if length > 1 else 0, sum_h=sum_h, sum_w=sum_w, sq_c=sq_c, samples=b,
-        shape=(c, h, w),
+        n=sum(r.rows * r.length for r in raws), scal=scal, counts=counts, hist=hist,
+        pos_rows=pos_rows, sum_h=None, sum_w=None, sq_c=None,
+        samples=sum(r.samples for r in raws), shape=first.shape,
     )
+
+
+def _batch_part(mask: torch.Tensor) -> _Part:
+    """One batch of a mask as a `_Part` (with its axis sums): `_raw_part`, folded."""
+    raw = _raw_part(mask)
+    if isinstance(raw, _Part):
+        return raw
+    part = _fold_raws([raw])
+    part.sum_h, part.sum_w = raw.sum_h, raw.sum_w
+    part.sq_c = raw.sq_c
+    return part
 
 
 def _masked_part(m: torch.Tensor) -> _Part:
@@ -219,41 +297,65 @@ class MaskAccumulator:
     def __init__(self) -> None:
         self._folded: _Part | None = None
         self._pending: list[_Part] = []
+        self._raws: list[_Raw] = []  # host-path batches, folded together every FOLD_EVERY
         # the (C, H) and (C, W) sums are added up at once, so pending parts stay a few numbers
         self._sum_h: torch.Tensor | None = None
         self._sum_w: torch.Tensor | None = None
         self._sq_c: torch.Tensor | None = None
+        self._shape: tuple[int, int, int] | None = None  # of the first batch
         self.shape_varied = False
 
     def update(self, mask: torch.Tensor) -> None:
         """Fold one batch of this mask, (B, C, H, W), into the statistics."""
-        self._add(_batch_part(mask))
+        raw = _raw_part(mask)
+        if isinstance(raw, _Part):
+            self._add(raw)
+            return
+        self._take(raw.shape, raw.sum_h, raw.sum_w, raw.sq_c)
+        raw.sum_h = raw.sum_w = raw.sq_c = None
+        self._raws.append(raw)
+        if len(self._raws) + len(self._pending) >= FOLD_EVERY:
+            self._fold()
 
-    def _add(self, part: _Part) -> None:
-        reference = self._folded or (self._pending[0] if self._pending else None)
-        if reference is None:
-            if part.sum_h is not None and part.sum_w is not None:
-                self._sum_h = part.sum_h.to(_F64, copy=True)
-                self._sum_w = part.sum_w.to(_F64, copy=True)
-                self._sq_c = None if part.sq_c is None else part.sq_c.to(_F64, copy=True)
-        elif part.shape != reference.shape or part.sum_h is None or part.sum_w is None:
+    def _take(self, shape: tuple[int, int, int], sum_h: torch.Tensor | None,
+              sum_w: torch.Tensor | None, sq_c: torch.Tensor | None) -> None:
+        """Add one batch's axis sums to the running ones."""
+        if self._shape is None:
+            self._shape = shape
+            if sum_h is not None and sum_w is not None:
+                self._sum_h = sum_h.to(_F64, copy=True)
+                self._sum_w = sum_w.to(_F64, copy=True)
+                self._sq_c = None if sq_c is None else sq_c.to(_F64, copy=True)
+            return
+        if shape != self._shape or sum_h is None or sum_w is None:
             self.shape_varied = True
-        if not self.shape_varied and reference is not None and self._sum_h is not None:
+        if not self.shape_varied and self._sum_h is not None:
             # out of place: a state may mix inference tensors (from a run) and normal ones
-            self._sum_h = self._sum_h + part.sum_h  # type: ignore[operator]
-            self._sum_w = self._sum_w + part.sum_w  # type: ignore[operator]
-            if self._sq_c is not None and part.sq_c is not None:
-                self._sq_c = self._sq_c + part.sq_c.to(_F64)
+            self._sum_h = self._sum_h + sum_h  # type: ignore[operator]
+            self._sum_w = self._sum_w + sum_w  # type: ignore[operator]
+            if self._sq_c is not None and sq_c is not None:
+                self._sq_c = self._sq_c + sq_c
             else:
                 self._sq_c = None
+
+    def _add(self, part: _Part) -> None:
+        self._take(part.shape, part.sum_h, part.sum_w, part.sq_c)
         part.sum_h = part.sum_w = part.sq_c = None
         self._pending.append(part)
-        if len(self._pending) >= FOLD_EVERY:
+        if len(self._raws) + len(self._pending) >= FOLD_EVERY:
             self._fold()
 
     def _fold(self) -> _Part | None:
         parts = ([self._folded] if self._folded is not None else []) + self._pending
-        self._pending = []
+        group: list[_Raw] = []
+        for raw in self._raws:  # runs of one shape fold together
+            if group and raw.shape != group[0].shape:
+                parts.append(_fold_raws(group))
+                group = []
+            group.append(raw)
+        if group:
+            parts.append(_fold_raws(group))
+        self._pending, self._raws = [], []
         self._folded = _combine(parts) if parts else None
         return self._folded
 
