@@ -16,6 +16,7 @@ import contextlib
 import functools
 import math
 import os
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,13 +62,30 @@ class RunState:
     #: asked for each block's `extra` entries at the end, merged with their counterparts.
     observers: list[BlockObserver] = field(default_factory=lambda: _default_observers())
 
+    #: The last block output's moments while a capture runs: (weak reference to the output, its
+    #: version counter, its moments), reused when the next block's input is that very tensor,
+    #: not changed in place since (same version). Inference tensors have no version counter:
+    #: theirs are never reused.
+    _last_out: tuple[Any, int, torch.Tensor] | None = field(default=None, repr=False,
+                                                             compare=False)
+
     def on_enter(self, spec: BlockSpec, x: torch.Tensor) -> torch.Tensor:
         """The input's moments for the std ratio, taken before the block can change x."""
+        last = self._last_out
+        if last is not None and last[0]() is x and _version(x) == last[1]:
+            return last[2]
         return sample_moments(x)
 
     def on_block(self, call: BlockCall) -> None:
+        out, out_moments = call.out, None
+        self._last_out = None
+        if out is not None and out.dim() >= 2 and call.x.dim() >= 2:
+            out_moments = sample_moments(out)
+            version = _version(out)
+            if version is not None:
+                self._last_out = (weakref.ref(out), version, out_moments)
         self.acc.setdefault(call.spec.name, BlockAccumulator.empty()).update(
-            call.x, call.out, call.masks, x_moments=call.entered)
+            call.x, out, call.masks, x_moments=call.entered, out_moments=out_moments)
         for observer in self.observers:
             observer.on_block(call)
 
@@ -77,6 +95,7 @@ class RunState:
         with contextlib.ExitStack() as stack:
             for observer in self.observers:
                 stack.enter_context(observer.attach(model, self.blocks))
+            stack.callback(setattr, self, "_last_out", None)
             yield stack.enter_context(MaskCapture(model, self.blocks, self.on_block,
                                                   on_enter=self.on_enter, **kwargs))
 
@@ -89,6 +108,14 @@ class RunState:
                 self.acc[name] = acc
         for mine, theirs in zip(self.observers, other.observers, strict=True):
             mine.merge(theirs)
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """The tensor's version counter (bumped by every in-place change); None for an inference
+    tensor, which has none."""
+    if t.is_inference():
+        return None
+    return int(t._version)
 
 
 class BlockObserver(Protocol):

@@ -455,11 +455,15 @@ def std_per_sample(t: torch.Tensor) -> torch.Tensor:
 
 
 class RatioAccumulator:
-    """Running std ratio of a block (sample-weighted mean and minimum over batches)."""
+    """Running std ratio of a block (sample-weighted mean and minimum over batches).
+
+    Per batch only the two tensors' per-sample moments are kept (four numbers a sample); the
+    ratios follow every FOLD_EVERY batches, for all of them at once.
+    """
 
     def __init__(self) -> None:
-        self._ratios: list[torch.Tensor] = []  # per batch, folded every FOLD_EVERY batches
-        self._sizes: list[int] = []
+        # per batch: (input moments, input values per sample, output moments, output values)
+        self._batches: list[tuple[torch.Tensor, int, torch.Tensor, int]] = []
         self.weighted: torch.Tensor | None = None
         self.min: torch.Tensor | None = None
         self.samples = 0
@@ -469,28 +473,46 @@ class RatioAccumulator:
         """Fold one batch: the seed's r_out_pre = mean_i std(out_i) / mean_i std(x_i)."""
         self.update_moments(sample_moments(x), x[0].numel(), out)
 
-    def update_moments(self, x_moments: torch.Tensor, x_n: int, out: torch.Tensor) -> None:
-        """`update` with the input's moments taken before the block ran (it may change x)."""
+    def update_moments(self, x_moments: torch.Tensor, x_n: int, out: torch.Tensor,
+                       out_moments: torch.Tensor | None = None) -> None:
+        """`update` with the input's moments taken before the block ran (it may change x), and
+        the output's when already taken (`sample_moments(out)`)."""
         if out.dim() < 2 or out.shape[0] != x_moments.shape[1]:
             return
-        x_std = std_from_moments(x_moments, x_n).mean()
-        out_std = std_from_moments(sample_moments(out), out[0].numel()).mean()
-        self._ratios.append(out_std / x_std.clamp(min=1e-12))
-        self._sizes.append(int(out.shape[0]))
-        if len(self._ratios) >= FOLD_EVERY:
+        if out_moments is None:
+            out_moments = sample_moments(out)
+        self._batches.append((x_moments, x_n, out_moments, out[0].numel()))
+        if len(self._batches) >= FOLD_EVERY:
             self._fold()
 
     def _fold(self) -> None:
-        if not self._ratios:
+        if not self._batches:
             return
-        rs = torch.stack(self._ratios)
-        sizes = torch.tensor(self._sizes, dtype=_F64, device=rs.device)
-        weighted, lo = (rs * sizes).sum(), rs.min()
+        batches, self._batches = self._batches, []
+        sizes = [int(xm.shape[1]) for xm, _, _, _ in batches]
+        dev = batches[0][0].device
+        xm = torch.cat([b[0] for b in batches], dim=1).to(_F64)  # (2, samples)
+        om = torch.cat([b[2] for b in batches], dim=1).to(_F64)
+        xn = torch.tensor([b[1] for b in batches], dtype=_F64, device=dev).repeat_interleave(
+            torch.tensor(sizes, device=dev))
+        on = torch.tensor([b[3] for b in batches], dtype=_F64, device=dev).repeat_interleave(
+            torch.tensor(sizes, device=dev))
+        index = torch.arange(len(sizes), device=dev).repeat_interleave(
+            torch.tensor(sizes, device=dev))
+        counts = torch.tensor(sizes, dtype=_F64, device=dev)
+
+        def batch_mean_std(m: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+            per = m / n
+            std = (per[1] * per[1] * n - per[0] * per[0]).clamp(min=0).sqrt()
+            total = torch.zeros(len(sizes), dtype=_F64, device=dev).index_add_(0, index, std)
+            return total / counts
+
+        rs = batch_mean_std(om, on) / batch_mean_std(xm, xn).clamp(min=1e-12)
+        weighted, lo = (rs * counts).sum(), rs.min()
         self.weighted = weighted if self.weighted is None else self.weighted + weighted
         self.min = lo if self.min is None else torch.minimum(self.min, lo)
-        self.samples += sum(self._sizes)
-        self.batches += len(self._sizes)
-        self._ratios, self._sizes = [], []
+        self.samples += sum(sizes)
+        self.batches += len(sizes)
 
     def merge(self, other: RatioAccumulator) -> None:
         """Combine the batches of `other` into this accumulator."""
@@ -526,13 +548,15 @@ class BlockAccumulator:
         return cls(masks={}, ratio=RatioAccumulator())
 
     def update(self, x: torch.Tensor, out: torch.Tensor | None,
-               masks: dict[str, torch.Tensor], x_moments: torch.Tensor | None = None) -> None:
-        """Fold one forward pass of the block (`x_moments`: the input's, taken on entry)."""
+               masks: dict[str, torch.Tensor], x_moments: torch.Tensor | None = None,
+               out_moments: torch.Tensor | None = None) -> None:
+        """Fold one forward pass of the block (`x_moments`: the input's, taken on entry;
+        `out_moments`: the output's, when the caller took them already)."""
         for name, mask in masks.items():
             self.masks.setdefault(name, MaskAccumulator()).update(mask)
         if out is not None and out.dim() >= 2 and x.dim() >= 2:
             moments = x_moments if x_moments is not None else sample_moments(x)
-            self.ratio.update_moments(moments, x[0].numel(), out)
+            self.ratio.update_moments(moments, x[0].numel(), out, out_moments)
 
     def merge(self, other: BlockAccumulator) -> None:
         """Combine another run's statistics of the same block."""
