@@ -319,6 +319,12 @@ class MaskSite:
             the gate output, batch axis first, already is in canonical order.
         follow: the block input's (H, W) at discovery where the mask's H (W) follows the
             input's, 0 where it does not (so other input sizes lay out right).
+        gate_module: the module (path relative to the block) whose forward output is the gate
+            output (an nn.Sigmoid, a hard-sigmoid or gate module), so that a forward hook reads
+            it; None for a gate computed inside a forward (torch.sigmoid, .sigmoid(),
+            F.hardsigmoid), which the tracer reads.
+        gate_call: which call of `gate_module` inside the block's call it is (0 = the first):
+            one module may compute several gates (a shared nn.Sigmoid for a_h and a_w).
     """
 
     kind: str
@@ -329,6 +335,8 @@ class MaskSite:
     shape: tuple[int, int, int] = (1, 1, 1)
     index: torch.Tensor | None = field(default=None, compare=False, repr=False)
     follow: tuple[int, int] = (0, 0)
+    gate_module: str | None = None
+    gate_call: int = 0
 
     def read(self, gate: torch.Tensor, batch: int, hw: tuple[int, int] | None = None,
              index: torch.Tensor | None = None) -> torch.Tensor:
@@ -390,6 +398,11 @@ class BlockSpec:
         """For each mask, the child of the block it comes from ('' for the block itself)."""
         return tuple(s.part for s in self.sites)
 
+    @property
+    def hooked(self) -> bool:
+        """Every mask is read by a forward hook on its gate module: no tracer in this block."""
+        return bool(self.sites) and all(s.gate_module is not None for s in self.sites)
+
 
 #: Called with (block name, n-th gate output of the block's call, the gate output); a tensor it
 #: returns replaces the gate output in the forward pass (mask ablation), None keeps it.
@@ -444,6 +457,7 @@ class _Call:
     serial0: int
     inputs: dict[int | str, tuple[int, ...]] = field(default_factory=dict)
     gated_out: bool = False
+    within: tuple[_Call, ...] = ()  # the calls open when this one began, outermost first
 
 
 @dataclass(eq=False)
@@ -470,6 +484,9 @@ class _GateRec:
     batch_axis: int | None
     activation: bool = False
     uses: list[_Use] = field(default_factory=list)
+    #: the innermost module call that computed this gate and returned its output as is (an
+    #: nn.Sigmoid, a user's h_sigmoid or gate module); None for a gate computed in a forward
+    site: _Call | None = None
 
 
 def _common(a: tuple[_Call, ...], b: tuple[_Call, ...]) -> tuple[_Call, ...]:
@@ -492,6 +509,8 @@ class _Discovery(TorchFunctionMode):
         self.gates: list[_GateRec] = []
         self.stack: list[_Call] = []
         self.calls: list[_Call] = []
+        #: id of each gate output -> (weak reference, index in `gates`): which module returns one
+        self.gate_outs: dict[int, tuple[Any, int]] = {}
         self.n_events = 0
         self.serial = 0
         self.next_root = 0
@@ -575,6 +594,7 @@ class _Discovery(TorchFunctionMode):
         self.n_events += 1
         index = len(self.gates)
         self.gates.append(rec)
+        self.gate_outs[id(g)] = (weakref.ref(g), index)
         if axis is None:  # computed from parameters alone: a constant for every sample
             return
         positions = torch.arange(g.numel(), device=g.device).view(g.shape)
@@ -858,6 +878,7 @@ class _DiscoveryHooks:
             first = _first_tensor(args, kwargs)
             if first is not None:
                 call.inputs[0] = tuple(first.shape)
+        call.within = tuple(t.stack)
         t.stack.append(call)
         t.calls.append(call)
 
@@ -867,6 +888,13 @@ class _DiscoveryHooks:
         if not stack or stack[-1].module is not module:
             return
         call = stack.pop()
+        if isinstance(output, torch.Tensor):
+            # a module returning a gate output it computed itself: the gate's site
+            known = self.tracer.gate_outs.get(id(output))
+            if known is not None and known[0]() is output:
+                rec = self.tracer.gates[known[1]]
+                if rec.site is None and any(c is call for c in rec.stack):
+                    rec.site = call
         out = _first_tensor((output,))
         tag = self.tracer.get(out) if out is not None else None
         call.gated_out = tag is not None and tag.serial >= call.serial0
@@ -952,6 +980,7 @@ def discover_blocks(
         hooks.remove()
         tracer.stack.clear()
         tracer.tags.clear()
+        tracer.gate_outs.clear()
         tracer.detector.pending.clear()
     modules = dict(model.named_modules(remove_duplicate=False))
 
@@ -1002,7 +1031,7 @@ def discover_blocks(
             select(c)
 
     select("")
-    found = [_spec(name, modules[name], first_call, direct) for name in chosen]
+    found = [_spec(name, modules[name], first_call, direct, tracer.calls) for name in chosen]
     specs = [s for s in found if s is not None and (regex is None or regex.search(s.name))]
     if regex is not None:
         specs.extend(_forced(regex, specs, tracer, modules))
@@ -1021,8 +1050,32 @@ def _relative(name: str, block: str) -> str:
     return name[len(block) + 1:] if block else name
 
 
+def _gate_module(block: nn.Module, call: _Call, rec: _GateRec,
+                 calls: list[_Call]) -> tuple[str | None, int]:
+    """Where a hook can read the gate: the path (relative to the block) of the module whose output
+    is the gate output, and which of that module's calls inside the block's call it is; (None, 0)
+    for a gate computed inside a forward (read by the tracer)."""
+    site = rec.site
+    if site is None:
+        return None, 0
+    depth = next((i for i, c in enumerate(rec.stack) if c is call), None)
+    if depth is None or not any(c is site for c in rec.stack[depth + 1:]):
+        return None, 0
+    path = next((p for p, m in block.named_modules(remove_duplicate=False)
+                 if m is site.module and p), None)
+    if path is None:
+        return None, 0
+    ordinal = 0
+    for c in calls:
+        if c is site:
+            return path, ordinal
+        if c.module is site.module and any(o is call for o in c.within):
+            ordinal += 1
+    return None, 0
+
+
 def _spec(name: str, module: nn.Module, first_call: dict[str, _Call],
-          direct: dict[str, list[_Mask]]) -> BlockSpec | None:
+          direct: dict[str, list[_Mask]], all_calls: list[_Call]) -> BlockSpec | None:
     # the block's call: the first call of the module that holds any of its masks
     masks = [m for n, ms in direct.items() if _within(n, name) for m in ms]
     calls = [c for m in masks for c in m.rec.stack if c.name == name]
@@ -1062,9 +1115,11 @@ def _spec(name: str, module: nn.Module, first_call: dict[str, _Call],
             fw = hw[1] if m.kind in ("a_w", "a_hw", "spatial") and m.shape[2] == fhw[1] \
                 and m.shape[2] > 1 else 0
             follow = (fh, fw)
+        gate_module, gate_call = _gate_module(module, call, m.rec, all_calls)
         sites.append(MaskSite(
             kind=m.kind, op=m.rec.op, gate=m.rec.event - call.first_event, part=part,
-            batch_axis=m.rec.batch_axis or 0, shape=m.shape, index=m.local, follow=follow))
+            batch_axis=m.rec.batch_axis or 0, shape=m.shape, index=m.local, follow=follow,
+            gate_module=gate_module, gate_call=gate_call))
     kinds = [s.kind for s in sites]
     return BlockSpec(
         name=name,
@@ -1157,6 +1212,9 @@ class _Frame:
     seen: dict[int, torch.Tensor] = field(default_factory=dict)
     n_gates: int = 0
     entered: Any = None
+    #: hooked blocks: id(gate module) -> {its n-th call in this block call: gate ordinal}
+    gates: dict[int, dict[int, int]] | None = None
+    calls: dict[int, int] = field(default_factory=dict)  # id(gate module) -> calls so far
 
 
 class _Watch(TorchFunctionMode):
@@ -1192,12 +1250,19 @@ class _Watch(TorchFunctionMode):
 class MaskCapture:
     """Watch the given blocks: a context manager that owns every hook.
 
-    On entry it registers a forward pre-hook and a forward hook on each block; the pre-hook opens a
-    frame and switches the gate counter on, the hook hands the block's masks to `on_block` and
-    switches it off again, so layers outside the blocks run at full speed. Inside a block only
-    gate calls are looked at: the masks are the gate outputs discovery named, read as the gate
-    computed them. On exit, whatever happened, every hook is removed, the counter is off and each
-    module's train/eval flag is what it was on entry.
+    On entry it registers a forward pre-hook and a forward hook on each block and, for blocks
+    whose gates are module outputs (`BlockSpec.hooked`: an nn.Sigmoid, a hard-sigmoid or gate
+    module, named at discovery), one forward hook on each such gate module, which keeps its
+    output when it is the n-th call discovery named (and hands it to `replace`, whose tensor the
+    hook returns in its place). Only a block whose gates are computed inside a forward
+    (`torch.sigmoid`, `.sigmoid()`, `F.hardsigmoid`) switches the gate counter (a
+    TorchFunctionMode) on in its pre-hook and off in its hook, so layers outside it run at full
+    speed. The masks are the gate outputs discovery named, read as the gate computed them. The
+    block's hook hands its masks to `on_block`. On exit, whatever happened, every hook is removed,
+    the counter is off and each module's train/eval flag is what it was on entry.
+
+    With `replace`, a tracer block asks it about every gate of the call, a hooked block about
+    its masks' gates.
 
     Example:
         >>> with MaskCapture(model, blocks, on_block=print) as cap:
@@ -1218,9 +1283,11 @@ class MaskCapture:
         self.on_block = on_block
         self.on_enter = on_enter
         self.eval_mode = eval_mode
+        self.replace = replace
         self._handles: list[Any] = []
         self._training: dict[nn.Module, bool] = {}
         self._watch = _Watch(replace)
+        self._frames: list[_Frame] = []  # every open block call, the tracer's ones included
         self._active = False
         self._index: dict[tuple[int, torch.device], torch.Tensor] = {}
         self.missing: list[str] = []  # blocks whose masks were not seen in some call
@@ -1231,12 +1298,19 @@ class MaskCapture:
             if self.eval_mode:
                 self.model.eval()
             modules = dict(self.model.named_modules(remove_duplicate=False))
+            gate_modules: dict[int, nn.Module] = {}
             for spec in self.blocks:
                 module = modules[spec.name]
+                gates = self._gate_sites(spec, module)
+                if gates is not None:
+                    for m in gates.values():
+                        gate_modules[id(m[0])] = m[0]
                 self._handles.append(module.register_forward_pre_hook(
-                    self._make_pre(spec, module), with_kwargs=True))
+                    self._make_pre(spec, module, gates), with_kwargs=True))
                 self._handles.append(module.register_forward_hook(
                     self._make_post(spec, module), always_call=True))
+            for gate in gate_modules.values():
+                self._handles.append(gate.register_forward_hook(self._make_gate(gate)))
         except BaseException:
             self._release()
             raise
@@ -1245,12 +1319,34 @@ class MaskCapture:
     def __exit__(self, *exc: object) -> None:
         self._release()
 
+    @property
+    def hook_count(self) -> int:
+        """How many hooks this capture holds (0 once it has exited)."""
+        return len(self._handles)
+
+    @staticmethod
+    def _gate_sites(spec: BlockSpec, block: nn.Module
+                    ) -> dict[int, tuple[nn.Module, dict[int, int]]] | None:
+        """id(gate module) -> (the module, {n-th call in a block call: gate ordinal}) when every
+        mask of the block is a gate module's output; None when the tracer must count gates."""
+        if not spec.hooked:
+            return None
+        inner = dict(block.named_modules(remove_duplicate=False))
+        gates: dict[int, tuple[nn.Module, dict[int, int]]] = {}
+        for site in spec.sites:
+            module = inner.get(site.gate_module or "")
+            if module is None or not site.gate_module:
+                return None
+            gates.setdefault(id(module), (module, {}))[1][site.gate_call] = site.gate
+        return gates
+
     def _release(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
         self._switch_off()
         self._watch.frames.clear()
+        self._frames.clear()
         self._watch.detector.pending.clear()
         for m, flag in self._training.items():
             m.training = flag
@@ -1260,32 +1356,68 @@ class MaskCapture:
             self._watch.__exit__(None, None, None)
             self._active = False
 
-    def _make_pre(self, spec: BlockSpec, module: nn.Module) -> Callable[..., None]:
+    def _make_pre(self, spec: BlockSpec, module: nn.Module,
+                  gates: dict[int, tuple[nn.Module, dict[int, int]]] | None
+                  ) -> Callable[..., None]:
         wanted = frozenset(spec.mask_gates)
+        ordinals = None if gates is None else {k: v[1] for k, v in gates.items()}
 
         def pre(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             x = _input_of(args, kwargs, spec.input_arg)
-            frame = _Frame(spec, module, x, wanted)
+            frame = _Frame(spec, module, x, wanted, gates=ordinals)
             if x is not None and self.on_enter is not None and x.dim() == 4:
                 frame.entered = self.on_enter(spec, x)
-            self._watch.frames.append(frame)
-            if not self._active:
-                self._watch.__enter__()
-                self._active = True
+            self._frames.append(frame)
+            if ordinals is None:
+                self._watch.frames.append(frame)
+                if not self._active:
+                    self._watch.__enter__()
+                    self._active = True
         return pre
 
     def _make_post(self, spec: BlockSpec, module: nn.Module) -> Callable[..., None]:
         def post(mod: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            frames = self._watch.frames
+            frames = self._frames
             if not frames or frames[-1].module is not module:
                 return
             frame = frames.pop()
-            if not frames:
-                self._switch_off()
-                self._watch.detector.pending.clear()
-                self._watch.detector.source = None
+            traced = self._watch.frames
+            if traced and traced[-1] is frame:
+                traced.pop()
+                if not traced:
+                    self._switch_off()
+                    self._watch.detector.pending.clear()
+                    self._watch.detector.source = None
             self._emit(spec, frame, output)
         return post
+
+    def _make_gate(self, gate: nn.Module) -> Callable[..., Any]:
+        key = id(gate)
+
+        def hook(mod: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+            swapped = None
+            for frame in self._frames:  # every open block call this module computes gates for
+                if frame.gates is None:
+                    continue
+                ordinals = frame.gates.get(key)
+                if ordinals is None:
+                    continue
+                k = frame.calls.get(key, 0)
+                frame.calls[key] = k + 1
+                n = ordinals.get(k)
+                if n is None:
+                    continue
+                out = output if swapped is None else swapped
+                if not isinstance(out, torch.Tensor):
+                    continue
+                if self.replace is not None:
+                    new = self.replace(frame.spec.name, n, out)
+                    if new is not None:
+                        out = swapped = new
+                if n in frame.wanted:
+                    frame.seen[n] = out
+            return swapped
+        return hook
 
     def _emit(self, spec: BlockSpec, frame: _Frame, output: Any) -> None:
         x = frame.x
