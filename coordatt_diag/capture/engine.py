@@ -730,21 +730,27 @@ class _Discovery(TorchFunctionMode):
             e_c = None
             groups = e_shape[0] // b
         else:
+            # the positions as they broadcast against the product, looked at in their own
+            # (smaller) shape: along an axis where they have size 1 they do not vary
             try:
-                e = pos.broadcast_to(out.shape)
+                if torch.broadcast_shapes(pos.shape, out.shape) != out.shape:
+                    return None
             except RuntimeError:
                 return None
+            e = pos.reshape((1,) * (nd - pos.dim()) + tuple(pos.shape))
             if fb:
                 e = e.movedim(fb, 0)
             if bool((e < 0).any()):
                 return None
-            if b > 1 and e.shape[0] > 1 and not bool((e.narrow(0, 0, 1) != e).any()):
+            if b > 1 and out.shape[fb] > 1 and (e.shape[0] == 1 or not bool(
+                    (e.narrow(0, 0, 1) != e).any())):
                 return None  # the same weights for every sample
             varying = {ax for ax in range(1, nd)
                        if e.shape[ax] > 1 and bool((e.narrow(ax, 0, 1) != e).any())}
             for ax in range(1, nd):
-                if ax not in varying:
+                if ax not in varying and e.shape[ax] > 1:
                     e = e.narrow(ax, 0, 1)
+            e = e.expand(out.shape[fb], *e.shape[1:])
             e_c = e
             e_shape = list(e.shape)
             groups = e_shape[0] // b
