@@ -245,11 +245,17 @@ def memory(model: torch.nn.Module, specs: Any, x: torch.Tensor, n: int,
             model(x)
             sync()
             rss.append(trimmed_rss_mib())
-    half = len(rss) // 2
-    first, second = max(rss[5:half] or rss[:1]), max(rss[half:])
-    print(f"memory: RSS {rss[min(4, len(rss) - 1)]:.0f} MiB after 5 captured batches, at most "
-          f"{first:.0f} MiB over batches 6-{half}, at most {second:.0f} MiB over {half + 1}-"
-          f"{len(rss)} ({second - first:+.0f} MiB)")
+    if n < 3:  # nothing to compare
+        print(f"memory: RSS {', '.join(f'{r:.0f}' for r in rss)} MiB after each of {n} captured "
+              "batches (3 or more compare two windows)")
+        return
+    # a few warm-up batches (5 from 15 batches on), then two windows of the rest
+    warm = min(5, n // 3)
+    half = warm + (n - warm) // 2
+    first, second = max(rss[warm:half]), max(rss[half:])
+    print(f"memory: RSS {rss[warm - 1]:.0f} MiB after {warm} captured batches, at most "
+          f"{first:.0f} MiB over batches {warm + 1}-{half}, at most {second:.0f} MiB over "
+          f"{half + 1}-{n} ({second - first:+.0f} MiB)")
 
 
 PLAIN_SCRIPT = """
