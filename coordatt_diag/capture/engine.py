@@ -29,11 +29,17 @@ they are *used*, not by where they are made:
   the part it comes from.
 
 `discover_blocks` runs one traced forward pass to find the blocks and, for each mask, which gate
-call of the block's call it is and how to lay its values out. `MaskCapture` then watches only those
-blocks, batch after batch: inside a block it only counts gate calls and keeps the ones that are
-masks (the gate's own output, exact, never recomputed), hands each block's masks, input and output
-to a callback, and removes every hook and restores the model's train/eval flags when it exits,
-also after an exception.
+call of the block's call it is, how to lay its values out and, when a module's forward returns
+the gate output as it computed it (an `nn.Sigmoid`, an `nn.Hardsigmoid`, a user's `h_sigmoid` or
+gate module), that module and which of its calls in the block's call it is. `MaskCapture` then
+watches only those blocks, batch after batch, with the tracer off: a block whose masks all come
+from gate modules is read by forward hooks on those modules (the n-th call of a module shared by
+two masks, or by two blocks, maps to its mask as discovery named it); only a block whose gates are
+computed inside a forward (`torch.sigmoid(.)`, `.sigmoid()`, `F.hardsigmoid`) switches a gate
+counter (a TorchFunctionMode) on for the length of its call. Either way the masks are the gates'
+own outputs, exact, never recomputed. It hands each block's masks, input and output to a
+callback, and removes every hook and restores the model's train/eval flags when it exits, also
+after an exception.
 """
 
 from __future__ import annotations
