@@ -44,6 +44,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -949,7 +950,10 @@ def run(todo: list[tuple[str, str, str, int]], epochs: int, n_train: int, n_test
     if jobs > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
-        ctx = multiprocessing.get_context("spawn")
+        # fork: the workers get this module as it is (also when it was loaded from its path, as
+        # the tests do); each sets one thread before any torch work (`_one`)
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
             futures = {pool.submit(_one, job): i for i, job in enumerate(work)}
             for fut in as_completed(futures):
@@ -1027,7 +1031,8 @@ def main(argv: list[str] | None = None) -> int:
                 data.write_text(json.dumps({"meta": now, "records": records}))
 
         records = run(todo, args.epochs, args.train, args.test, save=save, jobs=args.jobs)
-        meta.update({"models": len(records), "run time": f"{time.perf_counter() - t0:.0f} s"})
+        meta.update({"models": len(records), "run time": f"{time.perf_counter() - t0:.0f} s",
+                     "jobs": args.jobs, "load average": f"{os.getloadavg()[0]:.1f}"})
         save(records, meta)
     rows = rows_of(records, ThresholdConfig())
     write_doc(build_section(records, rows, meta), args.out)
