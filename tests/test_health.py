@@ -281,6 +281,20 @@ def test_weight_init_evidence() -> None:
     wi = weight_init(biased)
     assert wi is not None and wi.at_init == 2
     assert weight_init(nn.Sigmoid()) is None
+    # a norm layer's affine parameters start at exactly 1 and 0: moved ones mean training ran
+    trained_norm = CoordinateAtt(32)
+    norms = [m for m in trained_norm.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms
+    with torch.no_grad():
+        norms[0].weight[0] = 1.001
+    wi = weight_init(trained_norm)
+    assert wi is not None and wi.tensors == 4 and wi.at_init == 3
+    gn = nn.Sequential(nn.Conv2d(8, 8, 1), nn.GroupNorm(2, 8))
+    assert weight_init(gn).at_init == weight_init(gn).tensors == 1  # type: ignore[union-attr]
+    with torch.no_grad():
+        gn[1].bias[3] = -1e-4
+    wi = weight_init(gn)
+    assert wi is not None and wi.tensors == 2 and wi.at_init == 1
 
 
 class _Holder(nn.Module):
