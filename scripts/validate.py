@@ -41,8 +41,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -73,12 +75,24 @@ BEGIN, END = "<!-- validate:begin -->", "<!-- validate:end -->"
 CONDITIONS = ("healthy", "collapsed", "saturated", "untrained", "suppressing")
 MODEL_CONDITIONS = CONDITIONS + ("mixed",)
 BROKEN = CONDITIONS[1:]
+BARELY = "barely trained"
+UNBROKEN = "did not break"
+#: the labels of the tables. Two are neither healthy nor broken: a healthy block that training
+#: barely moved (`MOVED_MIN`), and a block whose breaking did not take by the study's own
+#: measures (a "collapsed" block whose masks still matter, a "saturated" one whose gates do not
+#: sit at 0 or 1 on the test set)
+LABELS = ("healthy", BARELY, UNBROKEN) + BROKEN
 SIZE, CLASSES = 16, 6
 LR, MOMENTUM, BATCH_SIZE, HEALTHY_WD = 0.05, 0.9, 64, 5e-4
-COLLAPSE_WD = 1.0
+COLLAPSE_WD = 3.0
 SATURATE_GAIN = 25.0
+SATURATE_STEPS = 4
+#: a block labelled healthy whose parameters moved less than this (relative L2 from their init)
+#: in training is "barely trained": neither healthy nor broken, listed on its own
+MOVED_MIN = 0.05
 SUPPRESS_BIAS = -6.0
 MATTERS_ACC, MATTERS_L2 = 0.01, 0.10
+EPOCHS = 12
 #: the blocks' conditions in a "mixed" model, by seed
 MIXES = (("healthy", "untrained", "collapsed"), ("saturated", "healthy", "suppressing"),
          ("untrained", "collapsed", "healthy"), ("suppressing", "saturated", "untrained"))
@@ -283,6 +297,85 @@ class SpatialAtt(nn.Module):
                                                   x.amax(1, keepdim=True)], 1)))
 
 
+class SelectiveKernel(nn.Module):
+    """Selective kernel (Li et al.): two branches (3x3 and dilated 3x3), a squeeze of their sum,
+    and per-channel branch weights from a softmax across the branches (`select` masks)."""
+
+    heads = ("select",)
+    gate_names = ("gate",)
+    features = ("paths",)  # the branches: features, not attention (no collapse decay on them)
+    branches = 2
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.paths = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, c, 3, padding=d, dilation=d, groups=max(1, c // 8),
+                                    bias=False), nn.BatchNorm2d(c), nn.ReLU())
+            for d in (1, 2))
+        hidden = max(8, c // 4)
+        self.squeeze = nn.Sequential(nn.Linear(c, hidden), nn.ReLU())
+        self.select = nn.Linear(hidden, c * self.branches)
+        self.gate = nn.Softmax(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = torch.stack([p(x) for p in self.paths], dim=1)  # (B, M, C, H, W)
+        z = self.squeeze(feats.sum(1).mean((2, 3)))
+        w = self.gate(self.select(z).view(x.shape[0], self.branches, -1))
+        return (feats * w[..., None, None]).sum(1)
+
+
+class GroupedMultiScale(nn.Module):
+    """Efficient multi-scale attention (Ouyang et al.), re-written: channels regrouped into the
+    batch axis (B*G, C/G, H, W), coordinate gates a_h, a_w from a shared 1x1 conv, a group norm of
+    the gated features, a 3x3 branch, and a spatial gate from the two branches' cross products."""
+
+    heads = ("mix", "local")
+    gate_names = ("gate_h", "gate_w", "gate_s")
+
+    def __init__(self, c: int, groups: int = 4) -> None:
+        super().__init__()
+        self.groups = groups
+        cg = c // groups
+        self.mix = nn.Conv2d(cg, cg, 1)
+        self.local = nn.Conv2d(cg, cg, 3, padding=1)
+        self.norm = nn.GroupNorm(cg, cg)
+        self.gate_h, self.gate_w, self.gate_s = nn.Sigmoid(), nn.Sigmoid(), nn.Sigmoid()
+        self.pick = nn.Softmax(dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        g = x.reshape(b * self.groups, c // self.groups, h, w)
+        pooled = torch.cat([g.mean(3, keepdim=True), g.mean(2, keepdim=True).transpose(2, 3)], 2)
+        y_h, y_w = torch.split(self.mix(pooled), [h, w], dim=2)
+        a_h, a_w = self.gate_h(y_h), self.gate_w(y_w.transpose(2, 3))
+        g1 = self.norm(g * a_h * a_w)
+        g2 = self.local(g)
+        n = b * self.groups
+        q1 = self.pick(g1.mean((2, 3)).reshape(n, 1, -1))
+        q2 = self.pick(g2.mean((2, 3)).reshape(n, 1, -1))
+        s = torch.bmm(q1, g2.reshape(n, c // self.groups, -1)) + torch.bmm(
+            q2, g1.reshape(n, c // self.groups, -1))
+        return (g * self.gate_s(s.reshape(n, 1, h, w))).reshape(b, c, h, w)
+
+
+class SimAM(nn.Module):
+    """Parameter-free attention (Yang et al.): each value weighted by the sigmoid of its inverse
+    energy against its channel's spatial mean and variance. No weights: only `healthy` applies."""
+
+    heads = ()
+
+    def __init__(self, c: int, lam: float = 1e-4) -> None:
+        super().__init__()
+        self.lam = lam
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[2] * x.shape[3] - 1
+        d = (x - x.mean((2, 3), keepdim=True)).pow(2)
+        energy = d / (4 * (d.sum((2, 3), keepdim=True) / n + self.lam)) + 0.5
+        return x * self.gate(energy)
+
+
 class PackageCoordAtt(CoordinateAtt):
     """The package's `CoordinateAtt` with the hard-sigmoid gate and an attention residual (beta
     0.5); its `_gate` method is the gate the study replaces."""
@@ -300,10 +393,14 @@ class PackageCoordAtt(CoordinateAtt):
 
 @dataclass(frozen=True)
 class Family:
-    """A block family: its constructor and a word on it."""
+    """A block family: its constructor, a word on it, and the conditions that can be built on it
+    (a block without weights cannot be left untrained; a softmax across branches cannot be
+    pushed towards 0 by a bias)."""
 
     make: Callable[[int], nn.Module]
     about: str
+    conditions: tuple[str, ...] = ("healthy", "collapsed", "saturated", "untrained",
+                                   "suppressing")
 
 
 FAMILIES: dict[str, Family] = {
@@ -316,6 +413,11 @@ FAMILIES: dict[str, Family] = {
     "spatial": Family(SpatialAtt, "spatial gate alone"),
     "pkg-coordatt": Family(PackageCoordAtt,
                            "the package's CoordinateAtt, hard-sigmoid gate, residual beta 0.5"),
+    "sk": Family(SelectiveKernel, "selective kernel: softmax across two branches",
+                 ("healthy", "collapsed", "saturated", "untrained")),
+    "grouped": Family(GroupedMultiScale,
+                      "efficient multi-scale attention: grouped a_h, a_w and a spatial gate"),
+    "simam": Family(SimAM, "parameter-free energy gate", ("healthy",)),
 }
 
 
@@ -358,16 +460,58 @@ def _heads(block: nn.Module) -> list[nn.Module]:
     return [getattr(block, h) for h in getattr(block, "heads", ())]
 
 
-def prepare(block: nn.Module, condition: str) -> float:
-    """Break `block` as `condition` says before training; returns its weight decay."""
-    if condition == "untrained":
-        for p in block.parameters():
-            p.requires_grad_(False)
-    elif condition == "saturated":
+def attention_params(block: nn.Module) -> list[nn.Parameter]:
+    """The block's parameters but its feature branches (`features`: a selective kernel's
+    convolutions), which a collapse's weight decay leaves alone."""
+    skip = {id(p) for f in getattr(block, "features", ()) for p in getattr(block, f).parameters()}
+    return [p for p in block.parameters() if id(p) not in skip]
+
+
+def gate_modules(block: nn.Module) -> list[nn.Module]:
+    """The modules whose outputs are the block's masks: the ones it names (`gate_names`), else
+    every sigmoid and hard sigmoid in it."""
+    names = getattr(block, "gate_names", None)
+    if names is not None:
+        return [getattr(block, n) for n in names]
+    return [m for m in block.modules() if isinstance(m, (nn.Sigmoid, nn.Hardsigmoid))]
+
+
+def gate_saturation(model: Net, block: nn.Module, x: torch.Tensor) -> float:
+    """Share of `block`'s gate outputs <= 0.01 or >= 0.99 on `x` (the study's own count, on a
+    copy of the model in training mode, so nothing of `model` changes)."""
+    twin = copy.deepcopy(model).train()
+    name = next(n for n, m in model.named_modules() if m is block)
+    swap = _GateSwap(dict(twin.named_modules())[name])
+    with torch.no_grad():
+        for _ in swap.run(swap._record):
+            twin(x)
+    return swap.ends / max(sum(n for _, n in swap.means), 1)
+
+
+def saturate(model: Net, block: nn.Module, x: torch.Tensor) -> float:
+    """Multiply the gate heads' weights by `SATURATE_GAIN`, and by 4 more while fewer than half
+    the gate outputs on `x` sit at 0 or 1 (a head fed by small pooled values needs more), at
+    most `SATURATE_STEPS` times; freeze the block. Returns the share reached."""
+    gain = SATURATE_GAIN
+    share = 0.0
+    for _ in range(SATURATE_STEPS):
         for h in _heads(block):
             with torch.no_grad():
-                h.weight.mul_(SATURATE_GAIN)
-        for p in block.parameters():  # frozen whole, or the layers before the heads scale down
+                h.weight.mul_(gain)
+        share = gate_saturation(model, block, x)
+        if share >= 0.5:
+            break
+        gain = 4.0
+    for p in block.parameters():  # frozen whole, or the layers before the heads scale down
+        p.requires_grad_(False)
+    return share
+
+
+def prepare(block: nn.Module, condition: str) -> float:
+    """Break `block` as `condition` says before training (saturation: `saturate`); returns its
+    weight decay."""
+    if condition == "untrained":
+        for p in block.parameters():
             p.requires_grad_(False)
     elif condition == "suppressing":
         for h in _heads(block):
@@ -382,8 +526,8 @@ def train(model: Net, split: Split, wd: dict[str, float], epochs: int, seed: int
     groups: list[dict[str, Any]] = []
     seen: set[int] = set()
     for name, block in model.blocks().items():
-        ps = [p for p in block.parameters() if p.requires_grad]
-        seen.update(id(p) for p in block.parameters())
+        ps = [p for p in attention_params(block) if p.requires_grad]
+        seen.update(id(p) for p in ps)
         if ps:
             groups.append({"params": ps, "weight_decay": wd[name]})
     rest = [p for p in model.parameters() if id(p) not in seen and p.requires_grad]
@@ -417,12 +561,14 @@ class _GateSwap:
 
     def __init__(self, block: nn.Module) -> None:
         self.block = block
-        self.gates = [m for m in block.modules() if isinstance(m, (nn.Sigmoid, nn.Hardsigmoid))]
+        self.gates = gate_modules(block)
         self.means: list[tuple[float, int]] = []
+        self.ends = 0  # gate outputs <= 0.01 or >= 0.99 while recording
         self.constant: float | None = None
 
     def _record(self, out: torch.Tensor) -> torch.Tensor:
         self.means.append((float(out.double().sum()), out.numel()))
+        self.ends += int(((out <= 0.01) | (out >= 0.99)).sum())
         return out
 
     def _swap(self, out: torch.Tensor) -> torch.Tensor:
@@ -461,7 +607,7 @@ def own_effect(model: Net, x: torch.Tensor, y: torch.Tensor) -> dict[str, dict[s
             rel = float((alt - base).norm() / base.norm().clamp(min=1e-12))
             out[name] = {"rel_l2": rel,
                          "acc_drop": acc - float((alt.argmax(1) == y).float().mean()),
-                         "gate_mean": swap.constant}
+                         "gate_mean": swap.constant, "gate_ends": swap.ends / max(count, 1)}
     return out
 
 
@@ -490,8 +636,30 @@ def block_conditions(condition: str, seed: int, family: str = "",
     if condition == "mixed":
         turn = seed + (list(FAMILIES).index(family) if family in FAMILIES else 0) + (
             list(TASKS).index(task) if task in TASKS else 0)
-        return MIXES[turn % len(MIXES)]
+        mix = MIXES[turn % len(MIXES)]
+        return (applicable(mix[0], family), applicable(mix[1], family),
+                applicable(mix[2], family))
     return (condition, condition, condition)
+
+
+def applicable(condition: str, family: str) -> str:
+    """`condition`, or the next broken condition the family can be put in (a mixed model of a
+    family that cannot be suppressing takes the next one instead)."""
+    fam = FAMILIES.get(family)
+    if fam is None or condition in fam.conditions:
+        return condition
+    start = BROKEN.index(condition) if condition in BROKEN else 0
+    for k in range(1, len(BROKEN) + 1):
+        other = BROKEN[(start + k) % len(BROKEN)]
+        if other in fam.conditions:
+            return other
+    return "healthy"
+
+
+def can_build(family: str, condition: str) -> bool:
+    """Whether the study builds this (family, model condition) cell."""
+    conds = FAMILIES[family].conditions
+    return condition in conds or (condition == "mixed" and len(conds) > 1)
 
 
 def run_model(task: str, split: Split, family: str, condition: str, seed: int,
@@ -502,10 +670,22 @@ def run_model(task: str, split: Split, family: str, condition: str, seed: int,
     labels = dict(zip(model.blocks(), block_conditions(condition, seed, family, task),
                       strict=True))
     wd = {name: prepare(block, labels[name]) for name, block in model.blocks().items()}
+    reached = {name: saturate(model, block, split.x_train[:BATCH_SIZE])
+               for name, block in model.blocks().items() if labels[name] == "saturated"}
+    init = {name: [p.detach().clone() for p in block.parameters()]
+            for name, block in model.blocks().items()}
     seconds = train(model, split, wd, epochs, seed)
     with torch.no_grad():
         acc = float((model(split.x_test).argmax(1) == split.y_test).float().mean())
     effects = own_effect(model, split.x_test, split.y_test)
+    for name, block in model.blocks().items():
+        before = init[name]
+        num = sum(float((p.detach() - q).double().pow(2).sum())
+                  for p, q in zip(block.parameters(), before, strict=True))
+        den = sum(float(q.double().pow(2).sum()) for q in before)
+        effects[name]["moved"] = math.sqrt(num / den) if den else None
+        if name in reached:
+            effects[name]["saturation_at_init"] = reached[name]
     report = inspect_model(model, split.x_test, split.y_test)
     return {"task": task, "family": family, "condition": condition, "seed": seed,
             "accuracy": acc, "seconds": seconds, "labels": labels, "effects": effects,
@@ -539,6 +719,18 @@ class BlockRow:
         return sorted({c for c, s in self.findings if severity is None or s == severity})
 
 
+def label_of(condition: str, e: dict[str, Any]) -> str:
+    """The label a block is counted under: its condition, unless the study's own measures say
+    the condition did not take (see `LABELS`)."""
+    if condition == "healthy" and e.get("moved") is not None and e["moved"] < MOVED_MIN:
+        return BARELY
+    if condition == "collapsed" and matters(e):
+        return UNBROKEN
+    if condition == "saturated" and e.get("gate_ends") is not None and e["gate_ends"] < 0.5:
+        return UNBROKEN
+    return condition
+
+
 def rows_of(records: list[dict[str, Any]], config: ThresholdConfig) -> list[BlockRow]:
     """Every block of every record, judged with `config` (the saved statistics, rules re-run)."""
     rows = []
@@ -553,7 +745,8 @@ def rows_of(records: list[dict[str, Any]], config: ThresholdConfig) -> list[Bloc
                     kind = k.split("#")[0]
                     stds[kind] = min(stds.get(kind, m.std), m.std)
             rows.append(BlockRow(
-                model=model, name=b.name, label=r["labels"][b.name], matters=matters(e),
+                model=model, name=b.name, label=label_of(r["labels"][b.name], e),
+                matters=matters(e),
                 rel_l2=e["rel_l2"], acc_drop=e["acc_drop"],
                 tool_effect=b.effect.constant.rel_l2 if b.effect else None, status=b.status,
                 findings=tuple((f.code, f.severity) for f in b.findings if f.severity != "info"),
@@ -575,7 +768,7 @@ def _spread(values: Iterable[float | None], fmt: str = "{:.3f}") -> str:
 def confusion_table(rows: list[BlockRow]) -> str:
     lines = ["| label | blocks | matter | ok | warn | fail | flagged |",
              "|---|---|---|---|---|---|---|"]
-    for label in CONDITIONS:
+    for label in LABELS:
         rs = [r for r in rows if r.label == label]
         if not rs:
             continue
@@ -588,7 +781,7 @@ def confusion_table(rows: list[BlockRow]) -> str:
     lines.append(f"| healthy, masks matter | {len(hm)} | {len(hm)} "
                  f"| {sum(r.status == 'ok' for r in hm)} | {sum(r.status == 'warn' for r in hm)} "
                  f"| {sum(r.status == 'fail' for r in hm)} | {_share(sum(r.flagged for r in hm), len(hm))} |")
-    broken = [r for r in rows if r.label != "healthy"]
+    broken = [r for r in rows if r.label in BROKEN]
     lines.append(f"| all broken | {len(broken)} | {sum(r.matters for r in broken)} "
                  f"| {sum(r.status == 'ok' for r in broken)} "
                  f"| {sum(r.status == 'warn' for r in broken)} "
@@ -600,10 +793,10 @@ def confusion_table(rows: list[BlockRow]) -> str:
 def findings_table(rows: list[BlockRow]) -> str:
     """Per finding code and label: on how many blocks it fired (warn or fail)."""
     codes = sorted({c for r in rows for c in r.codes()})
-    lines = ["| finding | " + " | ".join(CONDITIONS) + " |", "|---|" + "---|" * len(CONDITIONS)]
+    lines = ["| finding | " + " | ".join(LABELS) + " |", "|---|" + "---|" * len(LABELS)]
     for code in codes:
         cells = []
-        for label in CONDITIONS:
+        for label in LABELS:
             rs = [r for r in rows if r.label == label]
             w = sum(code in r.codes("warn") for r in rs)
             f = sum(code in r.codes("fail") for r in rs)
@@ -621,7 +814,7 @@ def stats_table(rows: list[BlockRow]) -> str:
     lines = ["| label | blocks | own effect: logits change | own effect: accuracy drop "
              "| tool's effect | a_h/a_w std | channel std | spatial std |",
              "|---|---|---|---|---|---|---|---|"]
-    for label in CONDITIONS:
+    for label in LABELS:
         rs = [r for r in rows if r.label == label]
         if not rs:
             continue
@@ -657,7 +850,7 @@ def disagreements(rows: list[BlockRow]) -> list[BlockRow]:
     out = []
     for r in rows:
         says_dead = "dead_weight" in r.codes()
-        if (r.matters and says_dead) or (not r.matters and r.label != "healthy" and not r.flagged):
+        if (r.matters and says_dead) or (not r.matters and r.label in BROKEN and not r.flagged):
             out.append(r)
     return out
 
@@ -665,7 +858,7 @@ def disagreements(rows: list[BlockRow]) -> list[BlockRow]:
 def build_section(records: list[dict[str, Any]], rows: list[BlockRow], meta: dict[str, Any]) -> str:
     settings = ", ".join(f"{k} {v}" for k, v in meta.items())
     healthy = [r for r in rows if r.label == "healthy"]
-    broken = [r for r in rows if r.label != "healthy"]
+    broken = [r for r in rows if r.label in BROKEN]
     fails_matter = [r for r in rows if r.status == "fail" and r.matters]
     models = Counter((r["family"], r["task"]) for r in records)
     fam = Counter(r["family"] for r in records)
@@ -686,6 +879,11 @@ def build_section(records: list[dict[str, Any]], rows: list[BlockRow], meta: dic
             listing("Misses: broken blocks not flagged", [r for r in broken if not r.flagged]),
             listing("Fails on blocks whose masks matter", fails_matter),
             listing("Disagreements with the measured effect", disagreements(rows)),
+            listing("Barely trained: healthy blocks whose parameters moved less than "
+                    f"{MOVED_MIN:.0%} in training", [r for r in rows if r.label == BARELY]),
+            listing("Did not break: collapsed blocks whose masks still matter, saturated "
+                    "blocks whose gates do not sit at 0 or 1", [r for r in rows
+                                                               if r.label == UNBROKEN]),
         ]),
         END,
     ])
@@ -704,7 +902,7 @@ def write_doc(section: str, path: Path) -> None:
 def summary(rows: list[BlockRow]) -> dict[str, Any]:
     """The numbers the issue's "done when" is judged on."""
     hm = [r for r in rows if r.label == "healthy" and r.matters]
-    broken = [r for r in rows if r.label != "healthy"]
+    broken = [r for r in rows if r.label in BROKEN]
     untrained = [r for r in rows if r.label == "untrained"]
     return {
         "healthy_matter": len(hm),
@@ -723,31 +921,65 @@ def summary(rows: list[BlockRow]) -> dict[str, Any]:
 def plan(families: list[str], tasks: list[str], conditions: list[str],
          seeds: int) -> list[tuple[str, str, str, int]]:
     return [(t, f, c, s) for t in tasks for f in families for c in conditions
-            for s in range(seeds)]
+            for s in range(seeds) if can_build(f, c)]
+
+
+_SPLITS: dict[tuple[str, int, int], Split] = {}
+
+
+def _one(job: tuple[str, str, str, int, int, int, int]) -> tuple[dict[str, Any], float]:
+    """One model in a worker (its tasks generated once per process, one thread each)."""
+    task, family, condition, seed, epochs, n_train, n_test = job
+    torch.set_num_threads(1)
+    key = (task, n_train, n_test)
+    if key not in _SPLITS:
+        _SPLITS[key] = load_task(task, n_train, n_test)
+    t0 = time.perf_counter()
+    rec = run_model(task, _SPLITS[key], family, condition, seed, epochs)
+    return rec, time.perf_counter() - t0
 
 
 def run(todo: list[tuple[str, str, str, int]], epochs: int, n_train: int, n_test: int,
         log: Callable[[str], None] = print,
-        save: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
-    """Train and inspect every (task, family, condition, seed); `save` gets the records after
-    each model."""
-    splits: dict[str, Split] = {}
-    records = []
-    for task, family, condition, seed in todo:
-        if task not in splits:
-            splits[task] = load_task(task, n_train, n_test)
-        t0 = time.perf_counter()
-        rec = run_model(task, splits[task], family, condition, seed, epochs)
-        records.append(rec)
-        if save is not None:
-            save(records)
-        report = Report.from_dict(rec["report"])
-        log(f"{task:<8} {family:<14} {condition:<11} s{seed} acc {rec['accuracy']:.3f} "
-            f"{time.perf_counter() - t0:5.1f}s | " + "; ".join(
-                f"{rec['labels'][b.name][:4]} eff {rec['effects'][b.name]['rel_l2']:.2f}/"
-                f"{rec['effects'][b.name]['acc_drop']:+.2f} {b.status}"
-                f"[{','.join(sorted({f.code for f in b.findings}))}]" for b in report.blocks))
-    return records
+        save: Callable[[list[dict[str, Any]]], None] | None = None,
+        jobs: int = 1) -> list[dict[str, Any]]:
+    """Train and inspect every (task, family, condition, seed), in `jobs` processes; `save`
+    gets the records after each model. Records come back in `todo`'s order."""
+    work = [(t, f, c, s, epochs, n_train, n_test) for t, f, c, s in todo]
+    done: dict[int, dict[str, Any]] = {}
+    if jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        # fork: the workers get this module as it is (also when it was loaded from its path, as
+        # the tests do); each sets one thread before any torch work (`_one`)
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+            futures = {pool.submit(_one, job): i for i, job in enumerate(work)}
+            for fut in as_completed(futures):
+                rec, secs = fut.result()
+                done[futures[fut]] = rec
+                _log_model(rec, secs, log)
+                if save is not None:
+                    save([done[i] for i in sorted(done)])
+    else:
+        for i, job in enumerate(work):
+            rec, secs = _one(job)
+            done[i] = rec
+            _log_model(rec, secs, log)
+            if save is not None:
+                save([done[k] for k in sorted(done)])
+    return [done[i] for i in sorted(done)]
+
+
+def _log_model(rec: dict[str, Any], secs: float, log: Callable[[str], None]) -> None:
+    task, family, condition, seed = rec["task"], rec["family"], rec["condition"], rec["seed"]
+    report = Report.from_dict(rec["report"])
+    log(f"{task:<8} {family:<14} {condition:<11} s{seed} acc {rec['accuracy']:.3f} "
+        f"{secs:5.1f}s | " + "; ".join(
+            f"{rec['labels'][b.name][:4]} eff {rec['effects'][b.name]['rel_l2']:.2f}/"
+            f"{rec['effects'][b.name]['acc_drop']:+.2f} {b.status}"
+            f"[{','.join(sorted({f.code for f in b.findings}))}]" for b in report.blocks))
 
 
 QUICK = dict(families=["coordatt", "cbam", "se"], tasks=["shapes"],
@@ -761,7 +993,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conditions", nargs="+", default=list(MODEL_CONDITIONS),
                         choices=list(MODEL_CONDITIONS))
     parser.add_argument("--seeds", type=int, default=1, help="seeds per cell (default 1)")
-    parser.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
+    parser.add_argument("--epochs", type=int, default=EPOCHS,
+                        help=f"training epochs (default {EPOCHS})")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="models trained side by side, one process and thread each (default 2)")
     parser.add_argument("--train", type=int, default=1000, help="training images per task")
     parser.add_argument("--test", type=int, default=400, help="test images per task")
     parser.add_argument("--quick", action="store_true",
@@ -795,8 +1030,9 @@ def main(argv: list[str] | None = None) -> int:
                                 "run time": f"{time.perf_counter() - t0:.0f} s"}
                 data.write_text(json.dumps({"meta": now, "records": records}))
 
-        records = run(todo, args.epochs, args.train, args.test, save=save)
-        meta.update({"models": len(records), "run time": f"{time.perf_counter() - t0:.0f} s"})
+        records = run(todo, args.epochs, args.train, args.test, save=save, jobs=args.jobs)
+        meta.update({"models": len(records), "run time": f"{time.perf_counter() - t0:.0f} s",
+                     "jobs": args.jobs, "load average": f"{os.getloadavg()[0]:.1f}"})
         save(records, meta)
     rows = rows_of(records, ThresholdConfig())
     write_doc(build_section(records, rows, meta), args.out)

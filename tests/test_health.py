@@ -126,8 +126,9 @@ def _mask(std: float = 0.1, mean: float = 0.5, low: float = 0.0, high: float = 0
                      hist=[0] * 64, shape=list(shape), sample_std=sample_std)
 
 
-def _block(masks: dict[str, MaskStats], effect: float | None = None, **kw: object) -> BlockReport:
-    eff = None if effect is None else MaskEffect(
+def _block(masks: dict[str, MaskStats], effect: float | MaskEffect | None = None,
+           **kw: object) -> BlockReport:
+    eff = effect if isinstance(effect, MaskEffect) or effect is None else MaskEffect(
         positional=None, constant=Ablation(rel_l2=effect, top1_agreement=None, accuracy_drop=None),
         accuracy=None, samples=100)
     fields = dict(name="b", type="T", kind="coordinate", feature=[8, 4, 4], masks=masks,
@@ -181,6 +182,43 @@ def test_near_constant_fail_needs_the_effect_to_agree() -> None:
     assert _judged(_block(flat))["near_constant"] == "fail"
     assert _judged(_block(flat, effect=0.3))["near_constant"] == "warn"
     assert _judged(_block(flat, effect=0.001))["near_constant"] == "fail"
+
+
+def test_branch_weights_collapsed_or_locked() -> None:
+    """Branch weights (`select`): their mean is 1/branches whatever they do; a spread that is gone
+    makes the block a fixed blend (near_constant), most weights at 0 or 1 a locked selection."""
+    fixed = _mask(std=0.001, mean=0.5, shape=(16, 2, 1))
+    assert _judged(_block({"select": fixed}, kind="select"))["near_constant"] == "fail"
+    third = _mask(std=0.001, mean=1 / 3, shape=(16, 3, 1))
+    assert "near_constant" in _judged(_block({"select": third}, kind="select"))
+    soft = _mask(std=0.1, mean=0.5, low=0.001, high=0.001, shape=(16, 2, 1))
+    assert _judged(_block({"select": soft}, kind="select")) == {"status": "ok"}
+    locked = _mask(std=0.45, mean=0.5, low=0.3, high=0.3, shape=(16, 2, 1))
+    judged = _judged(_block({"select": locked}, kind="select"))
+    assert judged["branch_locked"] == "warn" and "saturated" not in judged
+    th = Thresholds(branch_locked_share=0.7)
+    assert "branch_locked" not in _judged(_block({"select": locked}, kind="select"), th)
+
+
+def test_an_accuracy_cost_is_not_dead_weight() -> None:
+    """With labels, masks whose replacement costs a point of accuracy matter, however small the
+    change of the logits."""
+    def block(drop: float | None) -> BlockReport:
+        eff = MaskEffect(positional=None, constant=Ablation(
+            rel_l2=0.03, top1_agreement=0.97, accuracy_drop=drop), accuracy=0.9, samples=400)
+        return _block({"a_h": _mask(std=0.1)}, effect=0.03) if drop is None else \
+            _block({"a_h": _mask(std=0.1)}, effect=eff)
+    assert "dead_weight" in _judged(block(None))
+    assert "dead_weight" in _judged(block(0.005))
+    # 4 of 400 samples: 0.01 up to rounding of the two accuracies
+    assert "dead_weight" not in _judged(block(0.8925 - 0.8825))
+    assert "dead_weight" in _judged(block(0.8925 - 0.8825), Thresholds(dead_weight_accuracy=0))
+    # a near-constant mask whose replacement costs accuracy does work: warn, not fail
+    flat = {"a_h": _mask(std=0.001)}
+    eff = MaskEffect(positional=None, constant=Ablation(rel_l2=0.01, top1_agreement=None,
+                                                         accuracy_drop=0.02),
+                     accuracy=0.9, samples=400)
+    assert _judged(_block(flat, effect=eff))["near_constant"] == "warn"
 
 
 def test_block_status_weighs_its_parts() -> None:
@@ -243,6 +281,20 @@ def test_weight_init_evidence() -> None:
     wi = weight_init(biased)
     assert wi is not None and wi.at_init == 2
     assert weight_init(nn.Sigmoid()) is None
+    # a norm layer's affine parameters start at exactly 1 and 0: moved ones mean training ran
+    trained_norm = CoordinateAtt(32)
+    norms = [m for m in trained_norm.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms
+    with torch.no_grad():
+        norms[0].weight[0] = 1.001
+    wi = weight_init(trained_norm)
+    assert wi is not None and wi.tensors == 4 and wi.at_init == 3
+    gn = nn.Sequential(nn.Conv2d(8, 8, 1), nn.GroupNorm(2, 8))
+    assert weight_init(gn).at_init == weight_init(gn).tensors == 1  # type: ignore[union-attr]
+    with torch.no_grad():
+        gn[1].bias[3] = -1e-4
+    wi = weight_init(gn)
+    assert wi is not None and wi.tensors == 2 and wi.at_init == 1
 
 
 class _Holder(nn.Module):

@@ -89,6 +89,20 @@ def test_no_cell_is_cut(screens: dict[tuple[str, int], Any], reports: dict[str, 
         assert number in text, (number, command, width)
 
 
+@pytest.mark.parametrize("width", WIDTHS)
+def test_trend_labels_break_between_words(screens: dict[tuple[str, int], Any], width: int) -> None:
+    """A checkpoint's label never splits inside its file name; at 80 columns the number
+    columns' headers take two lines instead."""
+    text = screens["trend", width].stdout
+    table = text.split("stage1.att (CoordinateAtt)")[1]
+    assert "(digits_collapsed.pt)" in table and "(digits_healthy.pt)" in table
+    assert re.search(r"^checkpoint\s.*\bstatus$", table, re.M)
+    if width == 80:
+        assert re.search(r"^\s+a_h\s+a_w\s+a_h pos\s+a_w pos\s+std\s*$", table, re.M)
+    else:
+        assert "a_h pos std" in table and "std ratio" in table
+
+
 def test_compact_table_below_120_columns_and_wide_from_120(
         screens: dict[tuple[str, int], Any]) -> None:
     narrow, wide = screens["inspect", 80].stdout, screens["inspect", 120].stdout

@@ -46,27 +46,73 @@ def test_every_family_runs_and_its_gates_can_be_replaced(validate: ModuleType) -
 
 
 def test_conditions_break_the_heads(validate: ModuleType) -> None:
+    x = validate.make_shapes(64, 5)[0]
     for name, family in validate.FAMILIES.items():
-        block = family.make(16)
-        before = [h.weight.detach().clone() for h in validate._heads(block)]
-        assert before, name
-        validate.prepare(block, "saturated")
-        for w0, h in zip(before, validate._heads(block), strict=True):
-            assert torch.allclose(h.weight, w0 * validate.SATURATE_GAIN)
-        assert not any(p.requires_grad for p in block.parameters())
-        block = family.make(16)
-        validate.prepare(block, "suppressing")
-        assert all(float(h.bias.max()) == validate.SUPPRESS_BIAS for h in validate._heads(block))
-        block = family.make(16)
-        assert validate.prepare(block, "untrained") == validate.HEALTHY_WD
-        assert not any(p.requires_grad for p in block.parameters())
-        assert validate.prepare(family.make(16), "collapsed") == validate.COLLAPSE_WD
+        if "saturated" in family.conditions:
+            torch.manual_seed(0)
+            model = validate.Net(family.make)
+            block = model.stage1.att
+            before = [h.weight.detach().clone() for h in validate._heads(block)]
+            assert before, name
+            share = validate.saturate(model, block, x)
+            # the gain grows until half the gate outputs sit at 0 or 1 (the study's own count)
+            assert share >= 0.5, (name, share)
+            assert share == validate.gate_saturation(model, block, x)
+            for w0, h in zip(before, validate._heads(block), strict=True):
+                gain = float(h.weight.abs().sum() / w0.abs().sum())
+                assert gain >= validate.SATURATE_GAIN * 0.999, (name, gain)
+            assert not any(p.requires_grad for p in block.parameters())
+        if "suppressing" in family.conditions:
+            block = family.make(16)
+            validate.prepare(block, "suppressing")
+            assert all(float(h.bias.max()) == validate.SUPPRESS_BIAS
+                       for h in validate._heads(block))
+        if "untrained" in family.conditions:
+            block = family.make(16)
+            assert validate.prepare(block, "untrained") == validate.HEALTHY_WD
+            assert not any(p.requires_grad for p in block.parameters())
+        if "collapsed" in family.conditions:
+            assert validate.prepare(family.make(16), "collapsed") == validate.COLLAPSE_WD
 
 
-def test_mixed_models_rotate_their_blocks_conditions(validate: ModuleType) -> None:
-    seen = {validate.block_conditions("mixed", 0, f, "shapes") for f in validate.FAMILIES}
-    assert len(seen) == len(validate.MIXES)
-    assert validate.block_conditions("healthy", 0) == ("healthy",) * 3
+def test_a_weak_head_needs_more_gain_to_saturate(validate: ModuleType) -> None:
+    torch.manual_seed(0)
+    model = validate.Net(validate.FAMILIES["se"].make)
+    block = model.stage1.att
+    with torch.no_grad():
+        block.fc2.weight.mul_(0.1)  # a weak head: 25x is not enough
+    w0 = block.fc2.weight.detach().clone()
+    x = validate.make_shapes(64, 5)[0]
+    assert validate.saturate(model, block, x) >= 0.5
+    assert float(block.fc2.weight.abs().sum() / w0.abs().sum()) > validate.SATURATE_GAIN * 1.5
+
+
+def test_selective_kernel_collapse_spares_its_branches(validate: ModuleType) -> None:
+    block = validate.FAMILIES["sk"].make(16)
+    att = {id(p) for p in validate.attention_params(block)}
+    assert not any(id(p) in att for p in block.paths.parameters())
+    assert all(id(p) in att for p in block.select.parameters())
+
+
+def test_cells_a_family_cannot_be_built_in_are_skipped(validate: ModuleType) -> None:
+    todo = validate.plan(["simam", "sk"], ["shapes"], list(validate.MODEL_CONDITIONS), 1)
+    cells = {(f, c) for _, f, c, _ in todo}
+    assert ("simam", "healthy") in cells and ("simam", "mixed") not in cells
+    assert ("sk", "suppressing") not in cells and ("sk", "mixed") in cells
+    for seed in range(len(validate.MIXES)):
+        assert "suppressing" not in validate.block_conditions("mixed", seed, "sk", "shapes")
+
+
+def test_labels_follow_the_studys_own_measures(validate: ModuleType) -> None:
+    moved = {"rel_l2": 0.3, "acc_drop": 0.05, "moved": 0.2, "gate_ends": 0.0}
+    assert validate.label_of("healthy", moved) == "healthy"
+    assert validate.label_of("healthy", {**moved, "moved": 0.01}) == validate.BARELY
+    # a collapse whose masks still matter did not take; one that does not matter did
+    assert validate.label_of("collapsed", moved) == validate.UNBROKEN
+    assert validate.label_of("collapsed", {**moved, "rel_l2": 0.01, "acc_drop": 0.0}) == "collapsed"
+    assert validate.label_of("saturated", moved) == validate.UNBROKEN
+    assert validate.label_of("saturated", {**moved, "gate_ends": 0.7}) == "saturated"
+    assert validate.label_of("untrained", moved) == "untrained"
 
 
 def test_write_doc_keeps_the_prose(validate: ModuleType, tmp_path: Path) -> None:
@@ -86,7 +132,7 @@ def test_a_small_study_end_to_end(validate: ModuleType, tmp_path: Path) -> None:
     out, data = tmp_path / "v.md", tmp_path / "v.json"
     args = ["--families", "se", "coordatt", "--tasks", "shapes", "--conditions", "healthy",
             "untrained", "--epochs", "2", "--train", "300", "--test", "100", "--out", str(out),
-            "--data", str(data)]
+            "--data", str(data), "--jobs", "2"]
     assert validate.main(args) == 0
     saved = json.loads(data.read_text())
     assert len(saved["records"]) == 4

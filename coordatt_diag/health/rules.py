@@ -88,13 +88,31 @@ def _kind(mask: str) -> str:
 
 def _constant_levels(mask: str, th: Thresholds) -> tuple[float, float]:
     """(warn, fail) std levels of a near-constant mask of this kind."""
-    if _kind(mask) == "channel":
+    if _kind(mask) in ("channel", "select"):
         return th.near_constant_channel_warn, th.near_constant_channel_fail
     return th.near_constant_warn, th.near_constant_fail
 
 
 def _effect_change(block: BlockReport) -> float | None:
     return block.effect.constant.rel_l2 if block.effect is not None else None
+
+
+def _accuracy_drop(block: BlockReport) -> float | None:
+    return block.effect.constant.accuracy_drop if block.effect is not None else None
+
+
+def effect_matters(block: BlockReport, th: Thresholds) -> bool | None:
+    """What the mask effect says (None without `--effect`): replacing the block's masks by a
+    constant changes the output by at least `dead_weight_effect`, or, with labels, costs at
+    least `dead_weight_accuracy` of accuracy (a small change of the logits that flips
+    decisions still matters)."""
+    change = _effect_change(block)
+    if change is None:
+        return None
+    drop = _accuracy_drop(block)
+    return change >= th.dead_weight_effect or (
+        drop is not None and th.dead_weight_accuracy > 0
+        and drop >= th.dead_weight_accuracy - 1e-9)  # k/n differences carry rounding error
 
 
 def informative(block: BlockReport, mask: str, m: MaskStats, th: Thresholds) -> bool:
@@ -105,9 +123,9 @@ def informative(block: BlockReport, mask: str, m: MaskStats, th: Thresholds) -> 
     near-constant (std at or above its kind's fail level) and not constant per channel over the
     inputs (`sample_std` and `pos_std` below `uninformative_sample_std`).
     """
-    change = _effect_change(block)
-    if change is not None:
-        return change >= th.dead_weight_effect
+    matters = effect_matters(block, th)
+    if matters is not None:
+        return matters
     if m.std is not None and m.std < _constant_levels(mask, th)[1]:
         return False
     flat = th.uninformative_sample_std
@@ -131,19 +149,22 @@ def _saturated(m: MaskStats, th: Thresholds) -> bool:
 
 
 def near_constant(block: BlockReport, th: Thresholds) -> list[Finding]:
-    """A mask that barely varies: the block is an expensive constant scale (collapsed)."""
+    """A mask that barely varies: the block is an expensive constant scale (collapsed). Branch
+    weights (`select`) that barely vary make the block a fixed blend of its branches; their mean
+    is 1/branches whatever they do, so only their spread is judged."""
     out = []
-    for name, m in _scales(block):
+    for name, m in block.masks.items():
         if m.std is None or m.mean is None:
             continue
-        if not th.near_constant_mean_low <= m.mean <= th.near_constant_mean_high:
+        if (_kind(name) != "select"
+                and not th.near_constant_mean_low <= m.mean <= th.near_constant_mean_high):
             continue
         warn, fail_level = _constant_levels(name, th)
         if m.std >= warn:
             continue
         change = _effect_change(block)
         if change is not None:
-            fail = change < th.dead_weight_effect
+            fail = not effect_matters(block, th)
             why = (f"; replacing the masks by a constant changes the output by {change:.1%}"
                    + (" (they carry nothing)" if fail else " (they still do some work)"))
         else:
@@ -166,21 +187,23 @@ def _scales(block: BlockReport) -> list[tuple[str, Any]]:
 
 
 def branch_locked(block: BlockReport, th: Thresholds) -> list[Finding]:
-    """Branch weights (`select`: SK, EPSA, LSK, a router) that are almost all 0 or 1: every
-    sample takes one branch and the others are ignored."""
+    """Branch weights (`select`: SK, EPSA, LSK) mostly at 0 or 1: those samples and channels
+    take a single branch, the others are ignored, and a softmax that saturated passes no
+    gradient to the selection."""
     out = []
     for name, m in block.masks.items():
-        if name.split("#")[0] != "select" or not m.count:
+        if _kind(name) != "select" or not m.count:
             continue
         share = m.sat_low + m.sat_high
-        if share < th.router_lock_share:
+        if share < th.branch_locked_share:
             continue
         out.append(_finding(
-            block, "branch_locked", "warn", name, share, th.router_lock_share,
+            block, "branch_locked", "warn", name, share, th.branch_locked_share,
             f"{name} is locked: {share:.1%} of the branch weights are <= 0.01 or >= 0.99 "
-            f"(>= {th.router_lock_share:.0%}), so each sample takes a single branch",
-            "keep the selection soft: a higher softmax temperature, or a smaller learning rate "
-            "for the selection layers",
+            f"(>= {th.branch_locked_share:.0%}), so most samples and channels take a single "
+            "branch",
+            "keep the selection soft: a higher softmax temperature, a smaller init or learning "
+            "rate for the selection layers, or weight decay on them",
         ))
     return out
 
@@ -312,7 +335,7 @@ def dead_weight(block: BlockReport, th: Thresholds) -> list[Finding]:
     """Replacing the masks by a constant barely changes the output: the block is dead weight,
     whatever its statistics say (measured only with `--effect`)."""
     change = _effect_change(block)
-    if change is None or th.dead_weight_effect <= 0 or change >= th.dead_weight_effect:
+    if change is None or th.dead_weight_effect <= 0 or effect_matters(block, th):
         return []
     agree = block.effect.constant.top1_agreement if block.effect else None
     top1 = f", top-1 unchanged for {agree:.1%} of samples" if agree is not None else ""
@@ -526,9 +549,9 @@ def combine(block: BlockReport, findings: list[Finding], th: Thresholds) -> list
             others = [k for k in block.masks if k != f.mask]
             working = others and not any(k in flagged for k in others)
             change = _effect_change(block)
-            if working and (change is not None and change >= th.dead_weight_effect or change is
-                            None and all(informative(block, k, block.masks[k], th)
-                                         for k in others)):
+            matters = effect_matters(block, th)
+            if working and (matters or matters is None
+                            and all(informative(block, k, block.masks[k], th) for k in others)):
                 work = (f"replacing the masks changes the output by {change:.1%}"
                         if change is not None else "they follow the input")
                 f = dataclasses.replace(f, severity="info", message=(

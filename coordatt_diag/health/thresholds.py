@@ -41,7 +41,7 @@ class Thresholds:
             effect decides: fail only when replacing the masks by a constant changes the output
             by less than `dead_weight_effect`).
         near_constant_channel_warn: the same for channel masks (one value per channel: their std
-            runs lower than a positional mask's) ...
+            runs lower than a positional mask's) and branch weights (`select`) ...
         near_constant_channel_fail: ... and its fail level.
         near_constant_mean_low: near-constant is judged only while the mean is above this ...
         near_constant_mean_high: ... and below this (else it is a saturation finding).
@@ -63,6 +63,8 @@ class Thresholds:
         std_ratio_floor_multiplicative: the same floor for purely multiplicative blocks; 0
             disables it (the default: their ratio follows the mask mean, not a pathology).
         router_lock_share: a router's mean share of one branch at or above this: locked (warn).
+        branch_locked_share: share of branch weights (`select` masks: SK, EPSA, LSK) at 0 or 1
+            (<= 0.01 or >= 0.99) at or above this: the selection is locked (warn).
         clamp_pinned_share: share of scale values at a clamp bound above this: pinned (warn).
         alpha_off: a blending alpha whose magnitude is below this: the block switched itself off
             (warn).
@@ -73,6 +75,9 @@ class Thresholds:
         dead_weight_effect: replacing a block's masks by a constant (`--effect`) changes the
             model output by less than this (relative L2): the block is dead weight (warn); at or
             above it the masks carry information (no fail for near-constant or saturated masks).
+        dead_weight_accuracy: with labels, a replacement that costs at least this much accuracy
+            (0.01: one point) means the masks carry information whatever the relative L2 says;
+            0 turns the accuracy test off.
     """
 
     near_constant_warn: float = 0.03
@@ -93,11 +98,13 @@ class Thresholds:
     std_ratio_floor: float = 0.10
     std_ratio_floor_multiplicative: float = 0.0
     router_lock_share: float = 0.95
+    branch_locked_share: float = 0.50
     clamp_pinned_share: float = 0.50
     alpha_off: float = 0.05
     untrained_mask_saturation: float = 0.50
     untrained_min_values: float = 32
     dead_weight_effect: float = 0.05
+    dead_weight_accuracy: float = 0.01
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -139,7 +146,7 @@ _NAMES = set(_FIELDS)
 _UNIT = frozenset({
     "near_constant_warn", "near_constant_fail", "near_constant_mean_low",
     "near_constant_mean_high", "suppression_warn", "suppression_fail", "position_blind_pos_std",
-    "position_blind_chan_std", "alpha_off",
+    "position_blind_chan_std", "alpha_off", "dead_weight_accuracy",
 })
 #: (lower, upper) pairs that must stay in order, e.g. a fail level below its warn level.
 _ORDERED = (

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -37,17 +38,35 @@ def _fmt(v: float | None, digits: int = 4) -> str:
 
 def block_table(trend: Trend, index: int, console: Console) -> Table:
     """The table of one block: a row per checkpoint, a column per mask statistic (numbers never
-    wrap; headers fold onto two lines where the width asks for it)."""
+    wrap; where the table is wider than the terminal, the number columns' headers go onto two
+    lines and the labels break between words)."""
+    table = _block_table(trend, index, console, fold=False)
+    natural = Measurement.get(console, console.options.update_width(1 << 16), table).maximum
+    return table if natural <= console.width else _block_table(trend, index, console, fold=True)
+
+
+def _header(text: str, fold: bool) -> str:
+    """`text` on one line, or its last word on a second line ("a_h pos" / "std")."""
+    head, _, last = text.rpartition(" ")
+    return f"{head}\n{last}" if fold and head else text
+
+
+def _block_table(trend: Trend, index: int, console: Console, fold: bool) -> Table:
     b = trend.blocks[index]
     table = new_table(console)
-    table.add_column("checkpoint", overflow="fold")
+    # wide enough for the longest word of a label ("(digits_collapsed.pt)"), so a narrow terminal
+    # breaks labels between words, not inside a file name
+    longest = max((len(w) for p in trend.points for w in p.label.split()), default=10)
+    table.add_column("checkpoint", overflow="fold", min_width=min(longest, console.width // 3))
     for kind in b.masks:
-        table.add_column(f"{kind} std", justify="right", min_width=6)
+        table.add_column(_header(f"{kind} std", fold), justify="right", min_width=6,
+                         no_wrap=True)
     for kind, s in b.masks.items():
         if any(v is not None for v in s.pos_std):
-            table.add_column(f"{kind} pos std", justify="right", min_width=6)
-    table.add_column("std ratio", justify="right", min_width=5)
-    table.add_column("status", min_width=4)
+            table.add_column(_header(f"{kind} pos std", fold), justify="right", min_width=6,
+                             no_wrap=True)
+    table.add_column(_header("std ratio", fold), justify="right", min_width=5, no_wrap=True)
+    table.add_column("status", min_width=4, no_wrap=True)
     for i, point in enumerate(trend.points):
         row: list[str | Text] = [point.label]
         row += [_fmt(s.std[i]) for s in b.masks.values()]

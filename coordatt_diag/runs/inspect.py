@@ -279,6 +279,17 @@ def _declared_inits(module: nn.Module) -> dict[str, float]:
     return out
 
 
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def _affine_moved(norm: nn.Module) -> bool:
+    """Whether a normalisation layer's affine weight or bias left its init (exactly 1 and 0)."""
+    weight, bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
+    if isinstance(weight, torch.Tensor) and bool((weight.detach() != 1).any()):
+        return True
+    return isinstance(bias, torch.Tensor) and bool((bias.detach() != 0).any())
+
+
 def weight_init(module: nn.Module) -> WeightInit | None:
     """Whether the weight tensors (dim > 1) of `module` still look like their init.
 
@@ -288,7 +299,8 @@ def weight_init(module: nn.Module) -> WeightInit | None:
     tensor is at init when its values stay inside the init's range (the uniform bound, or 6 std
     for a normal init), its std is within `_INIT_SIGMAS` standard errors of the init's std and
     its layer's bias, if any, inside its own init range (+-1/sqrt(fan_in), or 0 for a declared
-    init).
+    init). A normalisation layer (batch, group, layer or instance norm) whose affine weight is
+    not all ones or bias not all zeros counts as one more tensor that left its init.
     Weight decay shrinks the std and training pushes values past the bound, so neither a
     collapsed nor a trained tensor passes.
     """
@@ -336,6 +348,12 @@ def weight_init(module: nn.Module) -> WeightInit | None:
             at_init += 1
     if not tensors:
         return None
+    # a normalisation layer's affine parameters start at exactly 1 and 0 and any training step
+    # moves them: one that moved is a tensor that left its init (decisive where the heads' few
+    # weights cannot tell a short training from none)
+    for sub in module.modules():
+        if isinstance(sub, _NORMS) and _affine_moved(sub):
+            tensors += 1
     ratios.sort()
     return WeightInit(
         tensors=tensors, at_init=at_init, values=values,
