@@ -738,10 +738,9 @@ class _Discovery(TorchFunctionMode):
         else:
             # the positions as they broadcast against the product, looked at in their own
             # (smaller) shape: along an axis where they have size 1 they do not vary
-            try:
-                if torch.broadcast_shapes(pos.shape, out.shape) != out.shape:
-                    return None
-            except RuntimeError:
+            # (not torch.broadcast_shapes, which imports the compiler's symbolic shapes)
+            if pos.dim() > nd or any(p not in (1, o) for p, o in zip(
+                    reversed(pos.shape), reversed(out.shape), strict=False)):
                 return None
             e = pos.reshape((1,) * (nd - pos.dim()) + tuple(pos.shape))
             if fb:
