@@ -272,11 +272,18 @@ with torch.inference_mode():
         model(torch.randn({bs}, 3, {imgsz}, {imgsz}, generator=gen))
 """
 
+#: imports beyond torch and the parsing of the inspect command line (typer converts each
+#: option there; typer 0.29 builds a pydantic validator per option at that point), in the
+#: inspect command's order (`_load_torch` freezes torch's objects before the package's imports)
 IMPORTS = ("import time; import torch; t1, c1 = time.perf_counter(), time.process_time(); "
-           "import coordatt_diag.cli, coordatt_diag.runs.inspect, coordatt_diag.load.checkpoint, "
+           "import typer.main; from coordatt_diag.cli import _load_torch, app; _load_torch(); "
+           "import coordatt_diag.runs.inspect, coordatt_diag.load.checkpoint, "
            "coordatt_diag.load.inputs, coordatt_diag.reports.terminal, "
-           "coordatt_diag.reports.json_report, coordatt_diag.stats.monitor, typer._adapters; "
+           "coordatt_diag.reports.json_report, coordatt_diag.stats.monitor; "
+           "group = typer.main.get_command(app); ctx = group.make_context('coordatt-diag', {argv!r}); "
+           "group.get_command(ctx, 'inspect').make_context('inspect', {argv!r}[1:], parent=ctx); "
            "print(time.perf_counter() - t1, time.process_time() - c1)")
+
 
 def whole_process(args: argparse.Namespace) -> None:
     build, factory, default = MODELS[args.model]
@@ -322,7 +329,8 @@ def whole_process(args: argparse.Namespace) -> None:
         for _ in range(args.runs):
             plain.add(*run(plain_marked, exits["plain"]))
             inspect.add(*run(cli_marked, exits["inspect"]))
-            out = subprocess.run([sys.executable, "-c", IMPORTS], env=env, check=True,
+            out = subprocess.run([sys.executable, "-c", IMPORTS.format(argv=cli[3:])], env=env,
+                                 check=True,
                                  capture_output=True, text=True).stdout.split()
             imports.add(float(out[0]), float(out[1]))
     print(f"whole process, 1 thread: `coordatt-diag inspect` ({args.batches} synthetic "

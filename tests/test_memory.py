@@ -107,3 +107,46 @@ def test_estimate_matches_the_cuda_allocator() -> None:
         model(x)
     peak = torch.cuda.max_memory_allocated() - base
     assert 0.5 * peak <= est.per_sample * 64 <= 2 * peak
+
+
+def test_discovery_counts_what_its_pass_allocates() -> None:
+    from coordatt_diag.capture.engine import DISCOVERY_BATCH, trace_blocks
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Flatten(),
+                          nn.Linear(8 * 16 * 16, 4)).eval()
+    with torch.inference_mode():
+        traced = trace_blocks(model, torch.randn(2, 3, 16, 16))
+    assert traced.blocks == [] and traced.samples == DISCOVERY_BATCH
+    # conv out and linear out; the in-place ReLU and the Flatten view allocate nothing
+    assert traced.allocated == DISCOVERY_BATCH * (8 * 16 * 16 * 4 + 4 * 4)
+
+
+def test_discovery_bound_is_never_below_the_measured_peak() -> None:
+    from coordatt_diag.capture.engine import trace_blocks
+    from tests.wild.corpus import CASES, build
+
+    for case in CASES:
+        model = build(case, 16)
+        x = torch.randn(2, 3, 16, 16)
+        with torch.inference_mode():
+            traced = trace_blocks(model, x)
+        peak = memory.measure_activations(model, x[:1])
+        assert traced.allocated / traced.samples >= peak, case.id
+        batch = torch.randn(64, 3, 16, 16)
+        # the bound that lets the pre-check skip its pass is above the measured need
+        assert traced.allocated * 64 / traced.samples >= memory.estimate(
+            model, x[:1], batch, per_sample=peak).need / memory.MARGIN, case.id
+
+
+def test_no_measuring_pass_when_the_batch_surely_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = digits_net()
+    calls: list[int] = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    run_batches(model, [torch.randn(16, 1, 16, 16)] * 3)
+    assert len(calls) == 1 + 3  # discovery and the batches
+    # tight memory: the bound does not settle it, the exact pass runs, the batch still fits
+    per = memory.measure_activations(model.eval(), torch.randn(1, 1, 16, 16))
+    calls.clear()
+    monkeypatch.setattr(memory, "available_bytes", lambda device: per * 16 * 2)
+    run_batches(model, [torch.randn(16, 1, 16, 16)] * 3)
+    assert len(calls) == 1 + 1 + 3

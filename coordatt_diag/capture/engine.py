@@ -520,6 +520,9 @@ class _Discovery(TorchFunctionMode):
         self.n_events = 0
         self.serial = 0
         self.next_root = 0
+        #: bytes of every new storage a call returned (views and in-place results not counted):
+        #: all the pass allocated, an upper bound on what it held at once
+        self.allocated = 0
 
     # -- tags, by identity, without keeping tensors alive
     def get(self, t: Any) -> _Tag | None:
@@ -555,9 +558,28 @@ class _Discovery(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        self._count(args, kwargs, out)
         if self.stack:
             self._follow(func, _op_name(func), args, kwargs, out)
         return out
+
+    def _count(self, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        outs = _tensors_in(out)
+        if not outs:
+            return
+        seen: set[int] = set()
+        for a in _tensors_in(args) + _tensors_in(list(kwargs.values())):
+            with contextlib.suppress(RuntimeError, NotImplementedError):
+                seen.add(a.untyped_storage().data_ptr())
+        for o in outs:
+            try:
+                storage = o.untyped_storage()
+            except (RuntimeError, NotImplementedError):  # sparse, nested: no plain storage
+                continue
+            ptr = storage.data_ptr()
+            if ptr and ptr not in seen:
+                seen.add(ptr)
+                self.allocated += storage.nbytes()
 
     def _follow(self, func: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
                 out: Any) -> None:
@@ -961,11 +983,31 @@ def _mask_of(rec: _GateRec) -> _Mask:
     return _Mask(rec, first.kind, first.shape, first.local, blended, rec.uses)
 
 
+@dataclass(frozen=True)
+class Traced:
+    """What one traced pass found: the blocks, and the bytes of every storage its calls created
+    (`allocated`, over `samples` samples): an upper bound on the activation memory it needed."""
+
+    blocks: list[BlockSpec]
+    allocated: int
+    samples: int
+
+
 def discover_blocks(
     model: nn.Module,
     sample: torch.Tensor,
     pattern: str | None = None,
 ) -> list[BlockSpec]:
+    """Find the attention blocks of `model` with one traced forward pass on `sample`
+    (`trace_blocks(...).blocks`)."""
+    return trace_blocks(model, sample, pattern).blocks
+
+
+def trace_blocks(
+    model: nn.Module,
+    sample: torch.Tensor,
+    pattern: str | None = None,
+) -> Traced:
     """Find the attention blocks of `model` with one traced forward pass on `sample`.
 
     The pass runs on `DISCOVERY_BATCH` samples (the given ones, repeated or cut).
@@ -978,7 +1020,7 @@ def discover_blocks(
             outputs shaped like masks is watched too (its gate outputs are its masks).
 
     Returns:
-        The blocks in model order (possibly empty).
+        The blocks in model order (possibly empty), and what the pass allocated.
     """
     regex = re.compile(pattern) if pattern else None
     batch_sample = _discovery_sample(sample)
@@ -1048,7 +1090,8 @@ def discover_blocks(
         specs.extend(_forced(regex, specs, tracer, modules))
         order = {n: i for i, n in enumerate(modules)}
         specs.sort(key=lambda s: order.get(s.name, 0))
-    return specs
+    return Traced(blocks=specs, allocated=tracer.allocated,
+                  samples=int(batch_sample.shape[0]) if batch_sample.dim() else 1)
 
 
 def _within(name: str, parent: str) -> bool:

@@ -184,6 +184,16 @@ def estimate(model: nn.Module, probe: torch.Tensor, batch: torch.Tensor,
                           need=need, available=available_bytes(batch.device))
 
 
+def bound_fits(allocated: int, samples: int, batch: torch.Tensor) -> bool:
+    """Whether `batch` surely fits, judged without a measuring pass: `allocated` is every byte a
+    pass over `samples` samples created (the discovery pass counts it), which no peak of that
+    pass exceeds; scaled to the batch's size (never below one such pass) with `MARGIN`, it is
+    compared with the free memory. False means only "not sure": `check_batch` measures then."""
+    need = MARGIN * allocated * max(int(batch.shape[0]) / max(samples, 1), 1.0)
+    free = available_bytes(batch.device)
+    return free is None or need <= free
+
+
 def enabled() -> bool:
     """Whether the pre-check runs (COORDATT_DIAG_MEMORY_CHECK is not 0)."""
     return os.environ.get(ENV_SWITCH, "1") != "0"

@@ -18,7 +18,7 @@ import math
 import os
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from coordatt_diag import __version__
-from coordatt_diag.capture.engine import BlockCall, BlockSpec, MaskCapture, discover_blocks
+from coordatt_diag.capture.engine import BlockCall, BlockSpec, MaskCapture, trace_blocks
 from coordatt_diag.errors import InputError, NoBlocksError, UsageError, opt
 from coordatt_diag.health.rules import judge_block, summarize
 from coordatt_diag.health.thresholds import ThresholdConfig
@@ -169,27 +169,34 @@ def find_blocks(model: nn.Module, sample: torch.Tensor, pattern: str | None = No
 
 @dataclass(frozen=True)
 class Discovery:
-    """What the fixed costs of a run found: the blocks and, when measured, the peak activation
-    bytes per sample (the memory pre-check's figure, `coordatt_diag.load.memory`)."""
+    """What the fixed costs of a run found: the blocks, what the traced pass allocated
+    (`allocated` bytes over `samples` samples: the memory pre-check's upper bound) and, when
+    measured, the peak activation bytes per sample (its exact figure,
+    `coordatt_diag.load.memory`)."""
 
     blocks: list[BlockSpec]
     per_sample: int | None = None
+    allocated: int = 0
+    samples: int = 1
 
 
 def discover(model: nn.Module, sample: torch.Tensor, pattern: str | None = None,
              measure: bool = True, inference: bool = True) -> Discovery:
     """`find_blocks` on `sample`, then (`measure`) the activation memory of one of its samples.
 
-    The measurement is a plain forward pass of one sample under `memory.LiveBytes`: the
-    discovery pass cannot give it, as the tracer keeps the tensors it tags alive until their
-    module call returns (2.4x the true peak on MobileNetV2-CoordAtt).
+    The traced pass counts every byte it allocates (`Discovery.allocated`), an upper bound that
+    settles the memory pre-check when the batch fits with room to spare (`run_batches`). The exact
+    figure is a plain forward pass of one sample under `memory.LiveBytes`: the discovery pass
+    cannot give it, as the tracer keeps the tensors it tags alive until their module call
+    returns (2.4x the true peak on MobileNetV2-CoordAtt).
 
     Raises:
         NoBlocksError: as `find_blocks`.
     """
     pattern = _compile_pattern(pattern)
     with preserved_mode(model), _grad_off(inference), _forward_errors(sample):
-        specs = discover_blocks(model, sample, pattern)
+        traced = trace_blocks(model, sample, pattern)
+    specs = traced.blocks
     if not specs:
         n = sum(1 for _ in model.modules())
         where = f" among modules matching {opt('blocks', pattern)}" if pattern else ""
@@ -202,7 +209,13 @@ def discover(model: nn.Module, sample: torch.Tensor, pattern: str | None = None,
     if measure:
         with preserved_mode(model), _forward_errors(sample):
             per_sample = memory.measure_activations(model, sample[:1])
-    return Discovery(blocks=specs, per_sample=per_sample)
+    return Discovery(blocks=specs, per_sample=per_sample, allocated=traced.allocated,
+                     samples=traced.samples)
+
+
+def _measure(model: nn.Module, sample: torch.Tensor) -> int:
+    with preserved_mode(model), _forward_errors(sample):
+        return memory.measure_activations(model, sample[:1])
 
 
 class DiscoveryCache:
@@ -241,7 +254,12 @@ class DiscoveryCache:
         if found is not None and (found.per_sample is not None or not measure):
             self.hits += 1
             return found
-        found = discover(model, sample, pattern, measure=measure)
+        if found is not None:  # measure the one it has
+            with preserved_mode(model), _forward_errors(sample):
+                found = replace(found, per_sample=memory.measure_activations(model, sample[:1]))
+            self.hits += 1
+        else:
+            found = discover(model, sample, pattern, measure=measure)
         self._found[key] = found
         return found
 
@@ -494,17 +512,21 @@ def run_batches(
     probe = first[:2] if first.shape[0] >= 2 else first.repeat(2, *([1] * (first.dim() - 1)))
     found: Discovery | None = None
     if blocks is None:
-        # the memory pre-check's activation peak is measured with the discovery
-        measure = memory.enabled()
-        found = (discoveries.discover(model, probe, blocks_pattern, measure)
+        found = (discoveries.discover(model, probe, blocks_pattern, measure=False)
                  if discoveries is not None
-                 else discover(model, probe, blocks_pattern, measure, inference=inference))
+                 else discover(model, probe, blocks_pattern, measure=False, inference=inference))
         blocks = list(found.blocks)
+        if memory.enabled() and found.per_sample is None \
+                and not memory.bound_fits(found.allocated, found.samples, first):
+            # not surely fitting by the discovery pass's count: measure the exact peak
+            found = (discoveries.discover(model, probe, blocks_pattern, measure=True)
+                     if discoveries is not None
+                     else replace(found, per_sample=_measure(model, probe)))
     state = RunState(blocks=list(blocks))
     group = distributed.group(dev) if shard else None
     error: tuple[str, str, int] | None = None
     try:
-        if found is not None:
+        if found is not None and found.per_sample is not None:
             with preserved_mode(model), _forward_errors(probe):
                 # before the run, not halfway through it
                 memory.check_batch(model, probe, first, per_sample=found.per_sample)
