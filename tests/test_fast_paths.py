@@ -296,37 +296,3 @@ def test_every_hook_is_removed_after_an_exception() -> None:
     assert cap.hook_count == 0 and _no_hooks(net)
     assert torch._C._len_torch_function_stack() == 0
     assert not cap._frames and not cap._watch.frames
-
-
-def test_small_masks_are_reduced_on_one_thread_and_the_setting_restored(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    from coordatt_diag.stats import masks as stats
-
-    seen: list[int] = []
-    real = stats.MaskAccumulator.update
-
-    def spy(self: stats.MaskAccumulator, mask: torch.Tensor) -> None:
-        seen.append(torch.get_num_threads())
-        real(self, mask)
-
-    def boom(self: stats.MaskAccumulator, mask: torch.Tensor) -> None:
-        raise RuntimeError("update failed")
-
-    before = torch.get_num_threads()
-    x = torch.randn(2, 4, 6, 6)
-    acc = stats.BlockAccumulator.empty()
-    torch.set_num_threads(2)
-    try:
-        monkeypatch.setattr(stats.MaskAccumulator, "update", spy)
-        acc.update(x, x, {"a_h": torch.rand(2, 4, 6, 1)})
-        assert seen == [1] and torch.get_num_threads() == 2
-        monkeypatch.setattr(stats, "ONE_THREAD_BELOW", 10)  # larger masks keep every thread
-        acc.update(x, x, {"a_h": torch.rand(2, 4, 6, 1)})
-        assert seen == [1, 2]
-        monkeypatch.setattr(stats, "ONE_THREAD_BELOW", 1 << 20)
-        monkeypatch.setattr(stats.MaskAccumulator, "update", boom)
-        with pytest.raises(RuntimeError, match="update failed"):
-            acc.update(x, x, {"a_h": torch.rand(2, 4, 6, 1)})
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)

@@ -5,13 +5,12 @@ numbers per mask (a `_Raw` on a CPU: the passes over the mask and nothing else; 
 elsewhere); masks are never kept. Batches are folded together every `FOLD_EVERY` batches (one
 set of small stacked operations instead of one per batch: on a CPU the cost of a statistic is
 mostly the number of tensor operations), so memory stays bounded whatever the number of
-batches. The std ratio keeps each batch's per-sample moments the same way. On a CPU one small
-range check per batch goes to the host (it lets a healthy mask skip the tail comparisons), and
-a block's small masks are reduced on one thread (`_one_thread`); on an accelerator nothing
-leaves the device until `finalize()`, so the device's queue never waits for the statistics.
-Accumulators merge (`merge`), so two halves of a run give the same result as the whole run, to
-float tolerance: means and variances are combined with Chan et al.'s parallel formula, counts
-and sums add, minima and maxima combine.
+batches. The std ratio keeps each batch's per-sample moments the same way. On a CPU one small range check per batch goes to the host (it lets a
+healthy mask skip the tail comparisons); on an accelerator nothing leaves the device until
+`finalize()`, so the device's queue never waits for the statistics. Accumulators merge
+(`merge`), so two halves of a run give the same result as the whole run, to float tolerance:
+means and variances are combined with Chan et al.'s parallel formula, counts and sums add, minima
+and maxima combine.
 
 Definitions (the README's "Statistics" section repeats them):
 
@@ -32,9 +31,7 @@ Definitions (the README's "Statistics" section repeats them):
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -540,32 +537,6 @@ class RatioAccumulator:
                         min=float(self.min.item()), batches=self.batches)
 
 
-#: Masks of a block call up to this many values in all are reduced on one CPU thread.
-ONE_THREAD_BELOW = 1 << 20
-
-
-@contextlib.contextmanager
-def _one_thread(masks: dict[str, torch.Tensor]) -> Iterator[None]:
-    """One intra-op thread for the small reductions of a block's CPU masks.
-
-    Each reduction of a mask of some 10^4-10^5 values costs tens of microseconds; split over
-    threads, most of it is the threads' start and join: at 2 threads the statistics of
-    MobileNetV2-CoordAtt's masks took twice the CPU time for the same wall time. The model's own
-    ops keep every thread (the setting is restored at once, also after an exception).
-    """
-    threads = torch.get_num_threads()
-    small = threads > 1 and all(m.device.type == "cpu" for m in masks.values()) and sum(
-        m.numel() for m in masks.values()) <= ONE_THREAD_BELOW
-    if not small:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @dataclass
 class BlockAccumulator:
     """All running statistics of one block."""
@@ -582,9 +553,8 @@ class BlockAccumulator:
                out_moments: torch.Tensor | None = None) -> None:
         """Fold one forward pass of the block (`x_moments`: the input's, taken on entry;
         `out_moments`: the output's, when the caller took them already)."""
-        with _one_thread(masks):
-            for name, mask in masks.items():
-                self.masks.setdefault(name, MaskAccumulator()).update(mask)
+        for name, mask in masks.items():
+            self.masks.setdefault(name, MaskAccumulator()).update(mask)
         if out is not None and out.dim() >= 2 and x.dim() >= 2:
             moments = x_moments if x_moments is not None else sample_moments(x)
             self.ratio.update_moments(moments, x[0].numel(), out, out_moments)
