@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 
-from coordatt_diag.capture.engine import discover_blocks
+from coordatt_diag.capture.engine import discover_blocks, trace_blocks
 from coordatt_diag.load.memory import measure_activations
 from coordatt_diag.runs.inspect import RunState, analyze_model, finalize
 
@@ -202,6 +202,7 @@ def in_process(args: argparse.Namespace, threads: int) -> dict[str, Series]:
 
 
 PHASES: dict[str, list[float]] = {}
+ACTIVATIONS: list[str] = []
 
 
 def phases(model: torch.nn.Module, xs: list[torch.Tensor], specs: Any,
@@ -214,7 +215,7 @@ def phases(model: torch.nn.Module, xs: list[torch.Tensor], specs: Any,
 
     for _ in range(5):
         with torch.inference_mode():
-            PHASES.setdefault("discovery (traced pass, 2 samples)", []).append(
+            PHASES.setdefault("discovery (traced pass)", []).append(
                 timed(lambda: discover_blocks(model, xs[0][:2]), sync))
         PHASES.setdefault("memory probe (1 sample)", []).append(
             timed(lambda: measure_activations(model, xs[0][:1]), sync))
@@ -233,6 +234,13 @@ def phases(model: torch.nn.Module, xs: list[torch.Tensor], specs: Any,
 
         PHASES.setdefault("rendering (freeze, terminal, JSON)", []).append(
             timed(render_all, sync))
+    # the memory pre-check's two figures: the exact peak and the discovery pass's upper bound
+    with torch.inference_mode():
+        traced = trace_blocks(model, xs[0][:2])
+    peak = measure_activations(model, xs[0][:1])
+    ACTIVATIONS.append(f"activations per sample: {peak / 2**20:.1f} MiB measured, "
+                       f"{traced.allocated / traced.samples / 2**20:.1f} MiB by the discovery "
+                       f"pass's bound ({traced.allocated / traced.samples / peak:.1f}x)")
 
 
 def memory(model: torch.nn.Module, specs: Any, x: torch.Tensor, n: int,
@@ -377,6 +385,8 @@ def main() -> None:
                   f"over {args.batches} batches (per-batch minus plain)")
         for name, times in PHASES.items():
             print(f"  {name:<30}{statistics.median(times):7.3f} s")
+        for line in ACTIVATIONS:
+            print(f"  {line}")
     if args.process:
         whole_process(args)
     print(json.dumps({"load_at_end": os.getloadavg()}))

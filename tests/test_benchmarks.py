@@ -31,6 +31,7 @@ def test_overhead_prints_ratios_phases_and_the_whole_process() -> None:
                   "imports beyond torch", "exit"):
         assert phase in out, phase
     assert "wall ratio min" in out and "CPU-time ratio median" in out and "load" in out
+    assert "activations per sample:" in out and "discovery pass's bound" in out
 
 
 @pytest.mark.slow

@@ -7,11 +7,10 @@ set of small stacked operations instead of one per batch: on a CPU the cost of a
 mostly the number of tensor operations), so memory stays bounded whatever the number of
 batches. The std ratio keeps each batch's per-sample moments the same way. On a CPU one small
 range check per batch goes to the host (it lets a healthy mask skip the tail comparisons); on an
-accelerator nothing leaves the device until
-`finalize()`, so the device's queue never waits for the statistics. Accumulators merge
-(`merge`), so two halves of a run give the same result as the whole run, to float tolerance:
-means and variances are combined with Chan et al.'s parallel formula, counts and sums add, minima
-and maxima combine.
+accelerator nothing leaves the device until `finalize()`, so the device's queue never waits for
+the statistics. Accumulators merge (`merge`), so two halves of a run give the same result as the
+whole run, to float tolerance: means and variances are combined with Chan et al.'s parallel
+formula, counts and sums add, minima and maxima combine.
 
 Definitions (the README's "Statistics" section repeats them):
 
