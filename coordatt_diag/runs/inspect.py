@@ -175,9 +175,15 @@ class Discovery:
     `coordatt_diag.load.memory`)."""
 
     blocks: list[BlockSpec]
+    allocated: int
+    samples: int
     per_sample: int | None = None
-    allocated: int = 0
-    samples: int = 1
+
+
+def _measure(model: nn.Module, sample: torch.Tensor) -> int:
+    """The memory pre-check's exact figure: peak activation bytes of `sample`'s first sample."""
+    with preserved_mode(model), _forward_errors(sample):
+        return memory.measure_activations(model, sample[:1])
 
 
 def discover(model: nn.Module, sample: torch.Tensor, pattern: str | None = None,
@@ -205,17 +211,8 @@ def discover(model: nn.Module, sample: torch.Tensor, pattern: str | None = None,
             "sigmoid, relu6(x+3)/6) whose output multiplies the module's input; name the "
             f"attention modules with {opt('blocks', 'REGEX')} if they compute masks another way"
         )
-    per_sample = None
-    if measure:
-        with preserved_mode(model), _forward_errors(sample):
-            per_sample = memory.measure_activations(model, sample[:1])
-    return Discovery(blocks=specs, per_sample=per_sample, allocated=traced.allocated,
-                     samples=traced.samples)
-
-
-def _measure(model: nn.Module, sample: torch.Tensor) -> int:
-    with preserved_mode(model), _forward_errors(sample):
-        return memory.measure_activations(model, sample[:1])
+    return Discovery(blocks=specs, allocated=traced.allocated, samples=traced.samples,
+                     per_sample=_measure(model, sample) if measure else None)
 
 
 class DiscoveryCache:
@@ -255,8 +252,7 @@ class DiscoveryCache:
             self.hits += 1
             return found
         if found is not None:  # measure the one it has
-            with preserved_mode(model), _forward_errors(sample):
-                found = replace(found, per_sample=memory.measure_activations(model, sample[:1]))
+            found = replace(found, per_sample=_measure(model, sample))
             self.hits += 1
         else:
             found = discover(model, sample, pattern, measure=measure)

@@ -444,8 +444,9 @@ def sample_moments(t: torch.Tensor) -> torch.Tensor:
     return torch.stack([flat.sum(dim=1), torch.linalg.vector_norm(flat, dim=1)])
 
 
-def std_from_moments(moments: torch.Tensor, n: int) -> torch.Tensor:
-    """Population std of each sample from `sample_moments`, shape (B,), float64."""
+def std_from_moments(moments: torch.Tensor, n: int | torch.Tensor) -> torch.Tensor:
+    """Population std of each sample from `sample_moments`, shape (B,), float64 (`n`: the values
+    per sample, one number or one per sample)."""
     m = moments.to(_F64) / n
     return (m[1] * m[1] * n - m[0] * m[0]).clamp(min=0).sqrt()
 
@@ -503,8 +504,7 @@ class RatioAccumulator:
         counts = torch.tensor(sizes, dtype=_F64, device=dev)
 
         def batch_mean_std(m: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-            per = m / n
-            std = (per[1] * per[1] * n - per[0] * per[0]).clamp(min=0).sqrt()
+            std = std_from_moments(m, n)
             total = torch.zeros(len(sizes), dtype=_F64, device=dev).index_add_(0, index, std)
             return total / counts
 
