@@ -96,10 +96,10 @@ class Series:
         self.loads.append(load1())
 
 
-def ratio_line(name: str, s: Series, base: Series) -> str:
+def ratio_line(name: str, s: Series, base: Series, width: int = 12) -> str:
     ratios = [t / b for t, b in zip(s.times, base.times, strict=True)]
     cpu = [t / b for t, b in zip(s.cpu, base.cpu, strict=True)]
-    return (f"  {name:<12} median {statistics.median(s.times):7.3f} s  wall ratio min "
+    return (f"  {name:<{width}} median {statistics.median(s.times):7.3f} s  wall ratio min "
             f"{min(ratios):.3f} median {statistics.median(ratios):.3f} max {max(ratios):.3f}  "
             f"CPU-time ratio median {statistics.median(cpu):.3f}  "
             f"(load {min(s.loads):.2f}-{max(s.loads):.2f})")
@@ -118,6 +118,22 @@ def hook_baseline(model: torch.nn.Module) -> tuple[Callable[[], None], list[torc
         if type(m).__name__ == "CoordAtt":
             handles += [m.conv_h.register_forward_hook(hook), m.conv_w.register_forward_hook(hook)]
     return (lambda: [h.remove() for h in handles]), kept
+
+
+def forwards(model: torch.nn.Module, xs: list[torch.Tensor]) -> None:
+    """The plain forward passes."""
+    with torch.inference_mode():
+        for x in xs:
+            model(x)
+
+
+def captured(state_cls: Any, specs: Any, model: torch.nn.Module, xs: list[torch.Tensor]) -> None:
+    """The same passes under a run's capture and accumulators, blocks known (`state_cls`: a
+    `RunState`, of this package or of another version's)."""
+    state = state_cls(blocks=specs)
+    with torch.inference_mode(), state.capture(model):
+        for x in xs:
+            model(x)
 
 
 def timed(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
@@ -149,9 +165,7 @@ def in_process(args: argparse.Namespace, threads: int) -> dict[str, Series]:
         specs = discover_blocks(model, xs[0][:2])
 
     def plain() -> None:
-        with torch.inference_mode():
-            for x in xs:
-                model(x)
+        forwards(model, xs)
 
     def hooks() -> None:
         remove, kept = hook_baseline(model)
@@ -162,10 +176,7 @@ def in_process(args: argparse.Namespace, threads: int) -> dict[str, Series]:
         kept.clear()
 
     def per_batch() -> None:
-        state = RunState(blocks=specs)
-        with torch.inference_mode(), state.capture(model):
-            for x in xs:
-                model(x)
+        captured(RunState, specs, model, xs)
 
     def library() -> None:
         analyze_model(model, xs)

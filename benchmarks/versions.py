@@ -7,23 +7,19 @@ The older checkout's `coordatt_diag` is copied into a temporary folder as `coord
 forward passes, the per-batch path (capture and accumulators, blocks known) and `analyze_model`
 of each version on MobileNetV2 + 17 CoordAtt blocks; each figure is a ratio to the plain passes
 of the same repetition (wall and CPU time), min / median / max over the repetitions, with the
-load average over the run. Both versions see the same machine at the same moments, so their
+load average beside each variant. Both versions see the same machine at the same moments, so their
 difference is not the machine's.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -63,6 +59,7 @@ def run(args: argparse.Namespace) -> None:
         RunState as StateOld,
     )
     from models import mobilenet_v2_coordatt
+    from overhead import Series, captured, forwards, ratio_line, timed2
 
     import coordatt_diag
     from coordatt_diag.capture.engine import discover_blocks as discover_new
@@ -76,46 +73,23 @@ def run(args: argparse.Namespace) -> None:
     with torch.inference_mode():
         specs_new, specs_old = discover_new(model, xs[0][:2]), discover_old(model, xs[0][:2])
 
-    def plain() -> None:
-        with torch.inference_mode():
-            for x in xs:
-                model(x)
-
-    def per_batch(state_cls: Any, specs: Any) -> Callable[[], None]:
-        def go() -> None:
-            state = state_cls(blocks=specs)
-            with torch.inference_mode(), state.capture(model):
-                for x in xs:
-                    model(x)
-        return go
-
     variants: dict[str, Callable[[], None]] = {
-        "plain": plain,
-        "per-batch, this version": per_batch(StateNew, specs_new),
-        "per-batch, old version": per_batch(StateOld, specs_old),
+        "plain": lambda: forwards(model, xs),
+        "per-batch, this version": lambda: captured(StateNew, specs_new, model, xs),
+        "per-batch, old version": lambda: captured(StateOld, specs_old, model, xs),
         "analyze_model, this version": lambda: coordatt_diag.analyze_model(model, xs),
         "analyze_model, old version": lambda: coordatt_diag_old.analyze_model(model, xs),
     }
     for fn in variants.values():  # warm-up
         fn()
-    times: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
-    loads = []
+    series = {name: Series() for name in variants}
     for _ in range(args.runs):
         for name, fn in variants.items():
-            w, c = time.perf_counter(), time.process_time()
-            fn()
-            times[name].append((time.perf_counter() - w, time.process_time() - c))
-        loads.append(os.getloadavg()[0])
+            series[name].add(*timed2(fn, lambda: None))
     print(f"torch {torch.__version__}, {args.threads} thread(s), {len(specs_new)} blocks, "
-          f"{args.batches} batches of 8x3x224x224, {args.runs} interleaved runs, load average "
-          f"{min(loads):.2f}-{max(loads):.2f}; plain median "
-          f"{statistics.median(w for w, _ in times['plain']):.3f} s")
-    base = times["plain"]
-    for name, vals in times.items():
-        wall = [w / b[0] for (w, _), b in zip(vals, base, strict=True)]
-        cpu = [c / b[1] for (_, c), b in zip(vals, base, strict=True)]
-        print(f"  {name:28s} wall ratio min {min(wall):.3f} median {statistics.median(wall):.3f} "
-              f"max {max(wall):.3f}  CPU-time ratio median {statistics.median(cpu):.3f}")
+          f"{args.batches} batches of 8x3x224x224, {args.runs} interleaved runs")
+    for name, s in series.items():
+        print(ratio_line(name, s, series["plain"], width=28))
 
 
 if __name__ == "__main__":
