@@ -8,6 +8,7 @@ at epoch 2, a_w at epochs 3-4; stage3.att stays healthy; the healthy twin ends w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -108,7 +109,12 @@ def test_the_watch_computes_what_inspect_computes(collapsing: dict[str, Any],
     report = analyze_model(collapsing["model"], [split.x_test])
     probed = collapsing["results"][-1].report
     for a, b in zip(report.blocks, probed.blocks, strict=True):
-        assert a.findings == b.findings
+        # the same findings; their values to float32 rounding (the run alone reads the probe
+        # batch in two parts: the discovery pass's samples, then the rest)
+        assert [dataclasses.replace(f, value=None) for f in a.findings] == \
+            [dataclasses.replace(f, value=None) for f in b.findings]
+        for fa, fb in zip(a.findings, b.findings, strict=True):
+            assert fa.value == pytest.approx(fb.value, rel=1e-6)
         for kind in a.masks:
             assert a.masks[kind].std == pytest.approx(b.masks[kind].std, rel=1e-6)
             assert a.masks[kind].pos_std == pytest.approx(b.masks[kind].pos_std, rel=1e-6)

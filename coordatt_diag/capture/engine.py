@@ -59,6 +59,13 @@ from torch.overrides import TorchFunctionMode
 #: Batch size of the discovery pass: odd and larger than the usual number of branches (2-4), so
 #: that a batch axis is not mistaken for a branch axis.
 DISCOVERY_BATCH = 5
+#: Most bytes of gate outputs a traced pass keeps for the run's statistics (`trace_blocks` with
+#: `moments`); past it the pass keeps nothing and the run reads its first batch again.
+KEEP_LIMIT = 64 * 2**20
+#: Python operators that write into their left operand.
+_INPLACE_DUNDERS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__",
+                    "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__",
+                    "__irshift__", "__setitem__"}
 
 _SIGMOIDS = {"sigmoid": "sigmoid", "sigmoid_": "sigmoid", "hardsigmoid": "hardsigmoid",
              "hardsigmoid_": "hardsigmoid"}
@@ -122,6 +129,14 @@ def _tensors_in(obj: Any) -> list[torch.Tensor]:
     if isinstance(obj, (list, tuple)):
         return [t for o in obj for t in _tensors_in(o)]
     return []
+
+
+def _storage_ptr(t: torch.Tensor) -> int | None:
+    """Where `t`'s storage starts (None for a tensor without a plain storage)."""
+    try:
+        return int(t.untyped_storage().data_ptr())
+    except (RuntimeError, NotImplementedError):
+        return None
 
 
 def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> torch.Tensor | None:
@@ -464,6 +479,13 @@ class _Call:
     inputs: dict[int | str, tuple[int, ...]] = field(default_factory=dict)
     gated_out: bool = False
     within: tuple[_Call, ...] = ()  # the calls open when this one began, outermost first
+    # kept for the run's statistics (`trace_blocks` with `moments`): the call's tensor inputs
+    # while it is open, then, for a call that computed a gate, each input's moments (taken
+    # before any in-place write to it) and the output's
+    held: dict[int | str, torch.Tensor] | None = None
+    moments: dict[int | str, torch.Tensor | None] = field(default_factory=dict)
+    out_moments: torch.Tensor | None = None
+    out_numel: int = 0
 
 
 @dataclass(eq=False)
@@ -507,9 +529,16 @@ def _common(a: tuple[_Call, ...], b: tuple[_Call, ...]) -> tuple[_Call, ...]:
 class _Discovery(TorchFunctionMode):
     """Follows gates, their positions and feature tensors through every torch call of one pass."""
 
-    def __init__(self, batch: int) -> None:
+    def __init__(self, batch: int,
+                 moments: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         super().__init__()
         self.batch = batch
+        #: keeping what the run's statistics need (`trace_blocks` with `moments`): gate outputs
+        #: by event, up to KEEP_LIMIT bytes; None when not keeping (or no longer)
+        self.moments = moments
+        self.kept: dict[int, torch.Tensor] | None = {} if moments is not None else None
+        self.kept_bytes = 0
+        self.quiet = False  # the tracer's own ops (moments) pass untraced
         self.detector = _Gates()
         self.tags: dict[int, tuple[Any, _Tag]] = {}
         self.gates: list[_GateRec] = []
@@ -557,11 +586,59 @@ class _Discovery(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
+        if self.quiet:
+            return func(*args, **kwargs)
+        if self.kept is not None and self.stack:
+            self._before_write(func, args, kwargs)
         out = func(*args, **kwargs)
         self._count(args, kwargs, out)
         if self.stack:
             self._follow(func, _op_name(func), args, kwargs, out)
         return out
+
+    def take_moments(self, t: torch.Tensor) -> torch.Tensor | None:
+        """`moments` of `t` (None below 2 dimensions), computed untraced."""
+        if self.moments is None or t.dim() < 2:
+            return None
+        self.quiet = True
+        try:
+            return self.moments(t)
+        finally:
+            self.quiet = False
+
+    def _before_write(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Before an op writes into a tensor in place: the moments of every open call's input
+        that shares its storage, as the call got it."""
+        if "out" in kwargs:
+            targets = _tensors_in(kwargs["out"])
+        else:
+            name = _op_name(func)
+            if not (kwargs.get("inplace") is True or name in _INPLACE_DUNDERS
+                    or (name.endswith("_") and not name.startswith("_"))):
+                return
+            targets = _tensors_in(args[0]) if args else []
+        if not targets:
+            return
+        ptrs = {_storage_ptr(t) for t in targets} - {None}
+        for call in self.stack:
+            if not call.held:
+                continue
+            for key, t in call.held.items():
+                if key not in call.moments and _storage_ptr(t) in ptrs:
+                    call.moments[key] = self.take_moments(t)
+
+    def _keep(self, event: int, g: torch.Tensor) -> None:
+        """Keep a gate output for the run's statistics, or stop keeping past KEEP_LIMIT."""
+        if self.kept is None:
+            return
+        size = g.numel() * g.element_size()
+        if self.kept_bytes + size > KEEP_LIMIT:
+            self.kept = None  # the run reads its first batch again instead
+            for call in self.stack:
+                call.held = None
+            return
+        self.kept[event] = g
+        self.kept_bytes += size
 
     def _count(self, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
         outs = _tensors_in(out)
@@ -625,6 +702,7 @@ class _Discovery(TorchFunctionMode):
         self.gate_outs[id(g)] = (weakref.ref(g), index)
         if axis is None:  # computed from parameters alone: a constant for every sample
             return
+        self._keep(rec.event, g)
         positions = torch.arange(g.numel(), device=g.device).view(g.shape)
         self.put(g, _Tag(gates={index: positions}))
 
@@ -890,6 +968,10 @@ class _DiscoveryHooks:
     def __init__(self, model: nn.Module, tracer: _Discovery) -> None:
         self.tracer = tracer
         self.names = {m: n for n, m in model.named_modules()}
+        # torch.nn's own leaf layers (a convolution, an nn.Sigmoid) are never blocks: their
+        # inputs are not kept for the run's statistics
+        self.leaves = {m for m in self.names if type(m).__module__.startswith("torch.nn.")
+                       and next(m.children(), None) is None}
         self.handles: list[Any] = []
         for module in self.names:
             self.handles.append(module.register_forward_pre_hook(self._pre, with_kwargs=True))
@@ -899,18 +981,24 @@ class _DiscoveryHooks:
     def _pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         t = self.tracer
         call = _Call(self.names[module], module, args, dict(kwargs), t.n_events, t.serial + 1)
+        held: dict[int | str, torch.Tensor] = {}
         n = 0
         for a in args:
             if isinstance(a, torch.Tensor):
                 call.inputs[n] = tuple(a.shape)
+                held[n] = a
                 n += 1
         for k, v in kwargs.items():
             if isinstance(v, torch.Tensor):
                 call.inputs[k] = tuple(v.shape)
+                held[k] = v
         if not call.inputs:
             first = _first_tensor(args, kwargs)
             if first is not None:
                 call.inputs[0] = tuple(first.shape)
+                held[0] = first
+        if t.kept is not None and module not in self.leaves:
+            call.held = held
         call.within = tuple(t.stack)
         t.stack.append(call)
         t.calls.append(call)
@@ -932,6 +1020,16 @@ class _DiscoveryHooks:
         tag = self.tracer.get(out) if out is not None else None
         call.gated_out = tag is not None and tag.serial >= call.serial0
         call.args, call.kwargs = (), {}
+        held, call.held = call.held, None
+        if held is not None and self.tracer.kept is not None \
+                and self.tracer.n_events > call.first_event:
+            # a call that computed a gate may be a block: its std ratio's moments
+            for key, a in held.items():
+                if key not in call.moments:
+                    call.moments[key] = self.tracer.take_moments(a)
+            if out is not None and out.dim() >= 2:
+                call.out_moments = self.tracer.take_moments(out)
+                call.out_numel = out[0].numel()
 
     def remove(self) -> None:
         for h in self.handles:
@@ -984,13 +1082,35 @@ def _mask_of(rec: _GateRec) -> _Mask:
 
 
 @dataclass(frozen=True)
+class FirstCall:
+    """One block's call in a traced pass, kept for the run's statistics: what a `BlockCall`
+    hands over, with the input's moments taken before the block could change it.
+
+    Attributes:
+        masks: mask name -> mask in canonical layout, as the gates computed them.
+        x_moments / out_moments: the input's and output's per-sample moments (the function
+            given to `trace_blocks`), None below two dimensions.
+        x_numel / out_numel: values per sample of the input and the output.
+    """
+
+    masks: dict[str, torch.Tensor]
+    x_moments: torch.Tensor | None
+    x_numel: int
+    out_moments: torch.Tensor | None
+    out_numel: int
+
+
+@dataclass(frozen=True)
 class Traced:
     """What one traced pass found: the blocks, and the bytes of every storage its calls created
-    (`allocated`, over `samples` samples): an upper bound on the activation memory it needed."""
+    (`allocated`, over `samples` samples): an upper bound on the activation memory it needed.
+    With `moments`, `first` holds each block's call in the pass (None when the pass could not
+    keep them all: see `trace_blocks`)."""
 
     blocks: list[BlockSpec]
     allocated: int
     samples: int
+    first: dict[str, FirstCall] | None = field(default=None, repr=False, compare=False)
 
 
 def discover_blocks(
@@ -1007,10 +1127,19 @@ def trace_blocks(
     model: nn.Module,
     sample: torch.Tensor,
     pattern: str | None = None,
+    moments: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Traced:
     """Find the attention blocks of `model` with one traced forward pass on `sample`.
 
     The pass runs on `DISCOVERY_BATCH` samples (the given ones, repeated or cut).
+
+    With `moments` (a function of a tensor, e.g. the std ratio's per-sample moments), the pass
+    also keeps what the run's statistics need from it, so that a run that traces its first
+    batch's first samples need not run them again: each gate output (up to KEEP_LIMIT bytes in
+    all), and for each module call that computed a gate, the moments of its inputs (taken before
+    any in-place write to them) and of its output. `Traced.first` then holds each block's call;
+    it is None when the pass kept too much, a block ran more than once, or a mask could not be
+    read.
 
     Args:
         model: the model (put in eval mode by the caller; its flags are not changed here).
@@ -1018,23 +1147,35 @@ def trace_blocks(
         pattern: a regular expression; when given, only blocks whose name matches are kept, and a
             matching module that the automatic search did not select but that computes gate
             outputs shaped like masks is watched too (its gate outputs are its masks).
+        moments: see above.
 
     Returns:
         The blocks in model order (possibly empty), and what the pass allocated.
     """
     regex = re.compile(pattern) if pattern else None
     batch_sample = _discovery_sample(sample)
-    tracer = _Discovery(int(batch_sample.shape[0]) if batch_sample.dim() else 1)
+    tracer = _Discovery(int(batch_sample.shape[0]) if batch_sample.dim() else 1, moments)
     hooks = _DiscoveryHooks(model, tracer)
     try:
         with tracer:
             model(batch_sample)
     finally:
         hooks.remove()
+        for call in tracer.stack:
+            call.held = None
         tracer.stack.clear()
         tracer.tags.clear()
         tracer.gate_outs.clear()
         tracer.detector.pending.clear()
+    try:
+        return _traced(tracer, model, regex, batch_sample)
+    finally:
+        tracer.kept = None
+
+
+def _traced(tracer: _Discovery, model: nn.Module, regex: re.Pattern[str] | None,
+            batch_sample: torch.Tensor) -> Traced:
+    """The blocks a finished pass found (`trace_blocks`)."""
     modules = dict(model.named_modules(remove_duplicate=False))
 
     # each mask belongs to the smallest call holding its gate and every product it drives
@@ -1090,8 +1231,45 @@ def trace_blocks(
         specs.extend(_forced(regex, specs, tracer, modules))
         order = {n: i for i, n in enumerate(modules)}
         specs.sort(key=lambda s: order.get(s.name, 0))
+    first = _first_calls(specs, tracer, modules) if tracer.kept is not None else None
     return Traced(blocks=specs, allocated=tracer.allocated,
-                  samples=int(batch_sample.shape[0]) if batch_sample.dim() else 1)
+                  samples=int(batch_sample.shape[0]) if batch_sample.dim() else 1, first=first)
+
+
+def _first_calls(specs: list[BlockSpec], tracer: _Discovery,
+                 modules: dict[str, nn.Module]) -> dict[str, FirstCall] | None:
+    """Each block's call in the pass, its masks read as `MaskCapture` reads them; None unless
+    every block ran exactly once and every mask is there."""
+    kept = tracer.kept
+    if kept is None:
+        return None
+    first: dict[str, FirstCall] = {}
+    for spec in specs:
+        module = modules.get(spec.name)
+        calls = [c for c in tracer.calls if c.module is module]
+        if len(calls) != 1:
+            return None
+        call = calls[0]
+        if not call.inputs:
+            return None
+        key = spec.input_arg if spec.input_arg in call.inputs else next(iter(call.inputs))
+        shape = call.inputs[key]
+        batch = int(shape[0]) if shape else 1
+        hw = (int(shape[-2]), int(shape[-1])) if len(shape) == 4 else None
+        masks: dict[str, torch.Tensor] = {}
+        for name, site in zip(spec.masks, spec.sites, strict=True):
+            gate = kept.get(call.first_event + site.gate)
+            if gate is None:
+                return None
+            index = None if site.index is None else site.index.to(gate.device)
+            try:
+                masks[name] = site.read(gate, batch, hw, index)
+            except RuntimeError:
+                return None
+        first[spec.name] = FirstCall(
+            masks=masks, x_moments=call.moments.get(key), x_numel=math.prod(shape[1:]),
+            out_moments=call.out_moments, out_numel=call.out_numel)
+    return first
 
 
 def _within(name: str, parent: str) -> bool:

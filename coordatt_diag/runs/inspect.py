@@ -26,7 +26,14 @@ import torch
 from torch import nn
 
 from coordatt_diag import __version__
-from coordatt_diag.capture.engine import BlockCall, BlockSpec, MaskCapture, trace_blocks
+from coordatt_diag.capture.engine import (
+    DISCOVERY_BATCH,
+    BlockCall,
+    BlockSpec,
+    FirstCall,
+    MaskCapture,
+    trace_blocks,
+)
 from coordatt_diag.errors import InputError, NoBlocksError, UsageError, opt
 from coordatt_diag.health.rules import judge_block, summarize
 from coordatt_diag.health.thresholds import ThresholdConfig
@@ -44,7 +51,7 @@ from coordatt_diag.results import (
 )
 from coordatt_diag.runs import distributed
 from coordatt_diag.runs.forward import _forward, _forward_errors, _model_device, model_dtype, preserved_mode
-from coordatt_diag.stats.masks import BlockAccumulator, sample_moments
+from coordatt_diag.stats.masks import BlockAccumulator, MaskAccumulator, sample_moments
 
 Progress = Callable[[int], None]
 #: Called once per block at the end of a run with the block's module; returns extra statistics.
@@ -68,6 +75,34 @@ class RunState:
     #: theirs are never reused.
     _last_out: tuple[Any, int, torch.Tensor] | None = field(default=None, repr=False,
                                                              compare=False)
+    #: The std ratio moments of the samples the discovery pass ran (`seed`), per block, waiting
+    #: for the rest of their batch: (input moments, values per sample, output's, output's).
+    _seeded: dict[str, tuple[torch.Tensor, int, torch.Tensor, int]] = field(
+        default_factory=dict, repr=False, compare=False)
+
+    def sees_every_call(self, model: nn.Module) -> bool:
+        """Whether an observer must see every block call itself, so that the samples of a
+        traced pass cannot count without it (an observer that does not say: it must)."""
+        return any(not hasattr(o, "watches") or o.watches(model, self.blocks)
+                   for o in self.observers)
+
+    def seed(self, first: dict[str, FirstCall]) -> None:
+        """Fold the samples a traced pass ran (the first batch's first ones): their masks now;
+        their std ratio moments join the rest of the batch's in `on_block` (one batch, as if
+        it had run whole), or `close_seed` folds them alone."""
+        for name, call in first.items():
+            acc = self.acc.setdefault(name, BlockAccumulator.empty())
+            for mask_name, mask in call.masks.items():
+                acc.masks.setdefault(mask_name, MaskAccumulator()).update(mask)
+            if call.x_moments is not None and call.out_moments is not None:
+                self._seeded[name] = (call.x_moments, call.x_numel, call.out_moments,
+                                      call.out_numel)
+
+    def close_seed(self) -> None:
+        """Fold the seeded moments no call of the rest of their batch joined."""
+        for name, (xm, xn, om, on) in self._seeded.items():
+            self.acc[name].ratio.add(xm, xn, om, on)
+        self._seeded.clear()
 
     def on_enter(self, spec: BlockSpec, x: torch.Tensor) -> torch.Tensor:
         """The input's moments for the std ratio, taken before the block can change x."""
@@ -84,8 +119,20 @@ class RunState:
             version = _version(out)
             if version is not None:
                 self._last_out = (weakref.ref(out), version, out_moments)
-        self.acc.setdefault(call.spec.name, BlockAccumulator.empty()).update(
-            call.x, out, call.masks, x_moments=call.entered, out_moments=out_moments)
+        acc = self.acc.setdefault(call.spec.name, BlockAccumulator.empty())
+        seeded = self._seeded.pop(call.spec.name, None) if self._seeded else None
+        if seeded is not None and out is not None and out_moments is not None:
+            xm, xn, om, on = seeded
+            x_moments = call.entered if call.entered is not None else sample_moments(call.x)
+            if xn == call.x[0].numel() and on == out[0].numel() \
+                    and x_moments.shape[1] == out_moments.shape[1]:
+                # the traced samples and these are one batch
+                acc.ratio.add(torch.cat([xm, x_moments], dim=1), xn,
+                              torch.cat([om, out_moments], dim=1), on)
+                out = None  # its moments are folded
+            else:
+                acc.ratio.add(xm, xn, om, on)
+        acc.update(call.x, out, call.masks, x_moments=call.entered, out_moments=out_moments)
         for observer in self.observers:
             observer.on_block(call)
 
@@ -178,6 +225,9 @@ class Discovery:
     allocated: int
     samples: int
     per_sample: int | None = None
+    #: with `discover(keep=True)`: each block's call in the traced pass, for the run's
+    #: statistics (`RunState.seed`); None when the pass could not keep them
+    first: dict[str, FirstCall] | None = field(default=None, repr=False, compare=False)
 
 
 def _measure(model: nn.Module, sample: torch.Tensor) -> int:
@@ -187,8 +237,12 @@ def _measure(model: nn.Module, sample: torch.Tensor) -> int:
 
 
 def discover(model: nn.Module, sample: torch.Tensor, pattern: str | None = None,
-             measure: bool = True, inference: bool = True) -> Discovery:
+             measure: bool = True, inference: bool = True, keep: bool = False) -> Discovery:
     """`find_blocks` on `sample`, then (`measure`) the activation memory of one of its samples.
+
+    With `keep`, the traced pass also keeps what the run's statistics need of its samples
+    (`Discovery.first`; `trace_blocks` with the std ratio's `sample_moments`): a run whose first
+    batch starts with `sample` need not run those samples again.
 
     The traced pass counts every byte it allocates (`Discovery.allocated`), an upper bound that
     settles the memory pre-check when the batch fits with room to spare (`run_batches`). The exact
@@ -201,7 +255,7 @@ def discover(model: nn.Module, sample: torch.Tensor, pattern: str | None = None,
     """
     pattern = _compile_pattern(pattern)
     with preserved_mode(model), _grad_off(inference), _forward_errors(sample):
-        traced = trace_blocks(model, sample, pattern)
+        traced = trace_blocks(model, sample, pattern, sample_moments if keep else None)
     specs = traced.blocks
     if not specs:
         n = sum(1 for _ in model.modules())
@@ -212,7 +266,8 @@ def discover(model: nn.Module, sample: torch.Tensor, pattern: str | None = None,
             f"attention modules with {opt('blocks', 'REGEX')} if they compute masks another way"
         )
     return Discovery(blocks=specs, allocated=traced.allocated, samples=traced.samples,
-                     per_sample=_measure(model, sample) if measure else None)
+                     per_sample=_measure(model, sample) if measure else None,
+                     first=traced.first)
 
 
 class DiscoveryCache:
@@ -504,13 +559,21 @@ def run_batches(
     if first is None:
         raise InputError("no input batch to run")
     first = _to(first, dev, dtype)
-    # two samples: a gate computed from a parameter has batch size 1 and must not pass for a mask
-    probe = first[:2] if first.shape[0] >= 2 else first.repeat(2, *([1] * (first.dim() - 1)))
+    # the discovery pass runs the first batch's first samples and keeps their statistics, so the
+    # run does not run them again (not when discovery is cached, or ranks share the batches)
+    fused = (blocks is None and discoveries is None and first.dim() > 0
+             and first.shape[0] >= DISCOVERY_BATCH
+             and (not shard or distributed.launched_world() <= 1))
+    # two samples at least: a gate computed from a parameter has batch size 1 and must not pass
+    # for a mask
+    probe = (first[:DISCOVERY_BATCH] if fused else first[:2] if first.shape[0] >= 2
+             else first.repeat(2, *([1] * (first.dim() - 1))))
     found: Discovery | None = None
     if blocks is None:
         found = (discoveries.discover(model, probe, blocks_pattern, measure=False)
                  if discoveries is not None
-                 else discover(model, probe, blocks_pattern, measure=False, inference=inference))
+                 else discover(model, probe, blocks_pattern, measure=False, inference=inference,
+                               keep=fused))
         blocks = list(found.blocks)
         if memory.enabled() and found.per_sample is None \
                 and not memory.bound_fits(found.allocated, found.samples, first):
@@ -519,6 +582,11 @@ def run_batches(
                      if discoveries is not None
                      else replace(found, per_sample=_measure(model, probe)))
     state = RunState(blocks=list(blocks))
+    head = found.first if found is not None else None
+    if found is not None:
+        found = replace(found, first=None)  # the run holds the kept masks only until it folds them
+    if head is not None and state.sees_every_call(model):
+        head = None
     group = distributed.group(dev) if shard else None
     error: tuple[str, str, int] | None = None
     try:
@@ -531,7 +599,16 @@ def run_batches(
             index = 0
             batch: torch.Tensor | None = first
             while batch is not None:
-                if group is None or group.owns(index):
+                if head is not None:  # the first batch, its first samples counted already
+                    state.seed(head)
+                    head = None
+                    if batch.shape[0] > DISCOVERY_BATCH:
+                        _forward(model, batch[DISCOVERY_BATCH:])
+                    state.close_seed()
+                    done += 1
+                    if progress is not None:
+                        progress(done)
+                elif group is None or group.owns(index):
                     _forward(model, batch)
                     done += 1
                     if progress is not None:

@@ -61,7 +61,8 @@ class _Part:
     pos_rows: int | torch.Tensor
     sum_h: torch.Tensor | None  # (C, H): sums over samples and W (taken by the accumulator)
     sum_w: torch.Tensor | None  # (C, W): sums over samples and H
-    sq_c: torch.Tensor | None  # (C,): sums over samples of the squared per-sample channel means
+    # (2, C): sums over samples of the per-sample channel means and of their squares (float64)
+    sq_c: torch.Tensor | None
     samples: int
     shape: tuple[int, int, int]
 
@@ -155,8 +156,10 @@ def _raw_part(mask: torch.Tensor) -> _Raw | _Part:
     else:
         sum_h = m.sum(dim=(0, 3))
         sum_w = sum_h.sum(dim=1, keepdim=True) if w == 1 else m.sum(dim=(0, 2))
-    # per channel, the sum over samples of the squared per-sample means
-    sq_c = vecs[0].view(b, c).square().sum(dim=0)
+    # per channel, the sums over samples of the per-sample means and of their squares, in
+    # float64 from the row means (the sample std is their difference: float32 axis sums would
+    # leave it rounding noise below about 1e-4)
+    sq_c = _channel_sums(vecs[0].view(b, c))
     return _Raw(rows=b * c, length=length, sums=sums, gram=gram, lo=lo_v, hi=hi_v,
                 counts=counts, hist=hist, sum_h=sum_h, sum_w=sum_w, sq_c=sq_c, samples=b,
                 shape=(c, h, w))
@@ -249,9 +252,14 @@ def _masked_part(m: torch.Tensor) -> _Part:
         counts=counts,
         hist=torch.histc(outside, bins=HIST_BINS, min=0.0, max=1.0).to(torch.int64),
         pos_rows=pos_rows, sum_h=v.sum(dim=(0, 3), dtype=_F64), sum_w=v.sum(dim=(0, 2), dtype=_F64),
-        sq_c=v.reshape(b, c, length).mean(dim=2, dtype=_F64).pow(2).sum(dim=0),
+        sq_c=_channel_sums(v.reshape(b, c, length).mean(dim=2, dtype=_F64)),
         samples=b, shape=(c, h, w),
     )
+
+
+def _channel_sums(means: torch.Tensor) -> torch.Tensor:
+    """(2, C): the per-sample channel means (B, C) summed over samples, and their squares."""
+    return torch.stack([means.sum(dim=0), means.square().sum(dim=0)])
 
 
 def _combine(parts: list[_Part]) -> _Part:
@@ -396,8 +404,8 @@ class MaskAccumulator:
             per_ch_h = self._sum_h / (part.samples * w)  # (C, H) mean per channel and row
             per_ch_w = self._sum_w / (part.samples * h)
             if self._sq_c is not None and part.samples > 0 and not nonfinite:
-                ch_mean = per_ch_h.mean(dim=1)
-                var = (self._sq_c / part.samples - ch_mean * ch_mean).clamp(min=0)
+                ch_mean, ch_sq = self._sq_c / part.samples
+                var = (ch_sq - ch_mean * ch_mean).clamp(min=0)
                 sample_std = float(var.sqrt().mean().item())
             if c > 1:
                 chan_std = float(per_ch_h.mean(dim=1).std(correction=0).item())
@@ -483,7 +491,15 @@ class RatioAccumulator:
             return
         if out_moments is None:
             out_moments = sample_moments(out)
-        self._batches.append((x_moments, x_n, out_moments, out[0].numel()))
+        self.add(x_moments, x_n, out_moments, out[0].numel())
+
+    def add(self, x_moments: torch.Tensor, x_n: int, out_moments: torch.Tensor,
+            out_n: int) -> None:
+        """Fold one batch given by its moments alone (`sample_moments` of the input and of the
+        output, (2, B) each, and their values per sample)."""
+        if x_moments.shape[1] != out_moments.shape[1]:
+            return
+        self._batches.append((x_moments, x_n, out_moments, out_n))
         if len(self._batches) >= FOLD_EVERY:
             self._fold()
 

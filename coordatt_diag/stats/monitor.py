@@ -390,6 +390,18 @@ class MonitorObserver:
         self.clamps: dict[tuple[str, str], ClampAccumulator] = {}
         self._watch: dict[str, _BlockWatch] = {}
 
+    @staticmethod
+    def watches(model: nn.Module, blocks: list[BlockSpec]) -> bool:
+        """Whether any of the blocks has a part this observer streams (a router or a scale
+        clamp): then it must see every block call of the run."""
+        modules = dict(model.named_modules(remove_duplicate=False))
+        for spec in blocks:
+            block = modules.get(spec.name)
+            if block is not None and any(_router(m) is not None or _has_clamp(m)
+                                         for m in block.modules()):
+                return True
+        return False
+
     @contextlib.contextmanager
     def attach(self, model: nn.Module, blocks: list[BlockSpec]) -> Iterator[None]:
         """Hook the routers of the blocks' parts for the duration; every hook is removed on exit."""
