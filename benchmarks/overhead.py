@@ -226,7 +226,7 @@ def phases(model: torch.nn.Module, xs: list[torch.Tensor], specs: Any,
 
     for _ in range(5):
         with torch.inference_mode():
-            PHASES.setdefault("discovery (traced pass)", []).append(
+            PHASES.setdefault("discovery alone (traced pass)", []).append(
                 timed(lambda: discover_blocks(model, xs[0][:2]), sync))
         PHASES.setdefault("memory probe (1 sample)", []).append(
             timed(lambda: measure_activations(model, xs[0][:1]), sync))
@@ -384,16 +384,22 @@ def main() -> None:
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average at start "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     per_batch_extra: list[float] = []
+    fixed_extra: list[float] = []
     for threads in [int(t) for t in args.threads.split(",") if t]:
         series = in_process(args, threads)
         if threads == 1:
             per_batch_extra = [p - b for p, b in zip(series["per-batch"].times,
                                                      series["plain"].times, strict=True)]
+            fixed_extra = [a - p for a, p in zip(series["library"].times,
+                                                 series["per-batch"].times, strict=True)]
     if PHASES or per_batch_extra:
         print("phases in one process, 1 thread (median):")
         if per_batch_extra:
             print(f"  per-batch statistics          {statistics.median(per_batch_extra):+7.3f} s "
                   f"over {args.batches} batches (per-batch minus plain)")
+            print(f"  fixed costs of the library    {statistics.median(fixed_extra):+7.3f} s "
+                  "(library minus per-batch: discovery on the first batch, the memory check, "
+                  "judging)")
         for name, times in PHASES.items():
             print(f"  {name:<30}{statistics.median(times):7.3f} s")
         for line in ACTIVATIONS:

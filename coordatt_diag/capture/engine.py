@@ -597,12 +597,15 @@ class _Discovery(TorchFunctionMode):
         return out
 
     def take_moments(self, t: torch.Tensor) -> torch.Tensor | None:
-        """`moments` of `t` (None below 2 dimensions), computed untraced."""
-        if self.moments is None or t.dim() < 2:
+        """`moments` of `t`, computed untraced; None below 2 dimensions or for a tensor they do
+        not apply to (sparse, complex: the block's std ratio is then left out)."""
+        if self.moments is None or t.dim() < 2 or t.is_sparse or t.is_complex():
             return None
         self.quiet = True
         try:
             return self.moments(t)
+        except (RuntimeError, NotImplementedError):
+            return None
         finally:
             self.quiet = False
 
