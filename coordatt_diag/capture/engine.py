@@ -126,9 +126,14 @@ def _op_name(func: Any) -> str:
 def _tensors_in(obj: Any) -> list[torch.Tensor]:
     if isinstance(obj, torch.Tensor):
         return [obj]
+    found: list[torch.Tensor] = []
     if isinstance(obj, (list, tuple)):
-        return [t for o in obj for t in _tensors_in(o)]
-    return []
+        for o in obj:
+            if isinstance(o, torch.Tensor):
+                found.append(o)
+            elif isinstance(o, (list, tuple)):
+                found.extend(_tensors_in(o))
+    return found
 
 
 def _storage_ptr(t: torch.Tensor) -> int | None:
@@ -486,6 +491,10 @@ class _Call:
     moments: dict[int | str, torch.Tensor | None] = field(default_factory=dict)
     out_moments: torch.Tensor | None = None
     out_numel: int = 0
+    out_dim: int = 0
+    # could be a block: it holds a gate and every product of it so far, or a mask weights its
+    # input (the two ways `trace_blocks` selects a block)
+    candidate: bool = False
 
 
 @dataclass(eq=False)
@@ -515,6 +524,8 @@ class _GateRec:
     #: the innermost module call that computed this gate and returned its output as is (an
     #: nn.Sigmoid, a user's h_sigmoid or gate module); None for a gate computed in a forward
     site: _Call | None = None
+    #: the calls holding the gate and every product of it so far (outermost first)
+    common: tuple[_Call, ...] | None = None
 
 
 def _common(a: tuple[_Call, ...], b: tuple[_Call, ...]) -> tuple[_Call, ...]:
@@ -591,9 +602,15 @@ class _Discovery(TorchFunctionMode):
         if self.kept is not None and self.stack:
             self._before_write(func, args, kwargs)
         out = func(*args, **kwargs)
-        self._count(args, kwargs, out)
+        outs = _tensors_in(out)
+        if not outs:
+            return out
+        arg_t = _tensors_in(args)
+        if kwargs:
+            arg_t += _tensors_in(list(kwargs.values()))
+        self._count(arg_t, outs)
         if self.stack:
-            self._follow(func, _op_name(func), args, kwargs, out)
+            self._follow(func, _op_name(func), args, kwargs, out, arg_t, outs)
         return out
 
     def take_moments(self, t: torch.Tensor) -> torch.Tensor | None:
@@ -643,14 +660,10 @@ class _Discovery(TorchFunctionMode):
         self.kept[event] = g
         self.kept_bytes += size
 
-    def _count(self, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-        outs = _tensors_in(out)
-        if not outs:
-            return
-        seen: set[int] = set()
-        for a in _tensors_in(args) + _tensors_in(list(kwargs.values())):
-            with contextlib.suppress(RuntimeError, NotImplementedError):
-                seen.add(a.untyped_storage().data_ptr())
+    def _count(self, arg_t: list[torch.Tensor], outs: list[torch.Tensor]) -> None:
+        """Add the bytes of each new storage among a call's outputs `outs` (not an argument's,
+        `arg_t`: an in-place result or a view of one)."""
+        seen = {_storage_ptr(a) for a in arg_t}
         for o in outs:
             try:
                 storage = o.untyped_storage()
@@ -662,16 +675,12 @@ class _Discovery(TorchFunctionMode):
                 self.allocated += storage.nbytes()
 
     def _follow(self, func: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-                out: Any) -> None:
+                out: Any, arg_t: list[torch.Tensor], outs: list[torch.Tensor]) -> None:
         ev = self.detector.event(name, args, kwargs, out)
-        outs = _tensors_in(out)
-        if not outs:
-            return
         out0 = outs[0]
         if ev is not None:
             self._gate(ev, out0)
             return
-        arg_t = _tensors_in(args) + _tensors_in(list(kwargs.values()))
         tags = [self.get(a) for a in arg_t]
         b = self.batch
         if any(t is not None and t.gates is not None for t in tags):
@@ -815,6 +824,13 @@ class _Discovery(TorchFunctionMode):
             use.blended = mt.blended
             rec.uses.append(use)
             result = "use"
+            if self.kept is not None:  # the calls that could be blocks, for their moments
+                rec.common = _common(rec.stack if rec.common is None else rec.common, use.stack)
+                if rec.common:
+                    rec.common[-1].candidate = True
+                for call in use.stack:
+                    if id(call) in use.keys:
+                        call.candidate = True
         return result
 
     def _site(self, rec: _GateRec, pos: torch.Tensor | None, f: torch.Tensor,
@@ -1024,15 +1040,16 @@ class _DiscoveryHooks:
         call.gated_out = tag is not None and tag.serial >= call.serial0
         call.args, call.kwargs = (), {}
         held, call.held = call.held, None
-        if held is not None and self.tracer.kept is not None \
-                and self.tracer.n_events > call.first_event:
-            # a call that computed a gate may be a block: its std ratio's moments
+        if held is not None and self.tracer.kept is not None and call.candidate:
+            # a call that could be a block: its std ratio's moments
             for key, a in held.items():
                 if key not in call.moments:
                     call.moments[key] = self.tracer.take_moments(a)
-            if out is not None and out.dim() >= 2:
-                call.out_moments = self.tracer.take_moments(out)
-                call.out_numel = out[0].numel()
+            if out is not None:
+                call.out_dim = out.dim()
+                if out.dim() >= 2:
+                    call.out_moments = self.tracer.take_moments(out)
+                    call.out_numel = out[0].numel()
 
     def remove(self) -> None:
         for h in self.handles:
@@ -1200,8 +1217,14 @@ def _traced(tracer: _Discovery, model: nn.Module, regex: re.Pattern[str] | None,
         first_call.setdefault(call.name, call)
     direct = {name: owned[id(call)] for name, call in first_call.items()}
 
+    # every module holding a directly masked call: the names and all their parents
+    holding = {""}
+    for n in direct:
+        parts = n.split(".")
+        holding.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+
     def in_subtree(name: str) -> bool:
-        return any(_within(n, name) for n in direct)
+        return name in holding
 
     def has_params(name: str) -> bool:
         return any(True for _ in modules[name].parameters())
@@ -1269,8 +1292,12 @@ def _first_calls(specs: list[BlockSpec], tracer: _Discovery,
                 masks[name] = site.read(gate, batch, hw, index)
             except RuntimeError:
                 return None
+        x_moments = call.moments.get(key)
+        if len(shape) >= 2 and call.out_dim >= 2 and (x_moments is None
+                                                      or call.out_moments is None):
+            return None  # a std ratio the pass did not take
         first[spec.name] = FirstCall(
-            masks=masks, x_moments=call.moments.get(key), x_numel=math.prod(shape[1:]),
+            masks=masks, x_moments=x_moments, x_numel=math.prod(shape[1:]),
             out_moments=call.out_moments, out_numel=call.out_numel)
     return first
 
