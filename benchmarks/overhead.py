@@ -14,8 +14,8 @@ each repetition beside them:
   - `hooks`: a hand-written baseline, forward hooks on each block's two gate convolutions that
     take the sigmoid and keep its mean and std (no host transfer);
   - `per-batch`: the batches under `inspect`'s capture and accumulators (blocks known);
-  - `library`: `analyze_model` on the batches: discovery, the memory probe, the batches, the
-    judged report;
+  - `library`: `analyze_model` on the batches: discovery on the first batch's first samples
+    (their statistics kept), the memory check, the rest of the batches, the judged report;
   - `torchinfo` / `torchlens`, when installed (skipped otherwise);
 * `--process`: the whole process, `coordatt-diag inspect` (its entry point, `cli.main`) on a
   saved checkpoint (synthetic inputs, the batches above, --json) against a script that imports
@@ -23,7 +23,9 @@ each repetition beside them:
   thread; each registers, first, an exit handler that notes the time, so the exit (what follows
   the last handler) is timed in the same runs;
 * the phase table: where the whole process's extra time goes (imports beyond torch, the exit,
-  the per-batch statistics, discovery, the memory probe, rendering), medians over the runs.
+  the per-batch statistics, the library path's fixed costs, discovery alone, the memory probe,
+  rendering), medians over the runs, and the discovery pass over the first batch's first
+  samples against a plain forward of them (traced, and traced keeping the run's statistics).
 
 Memory over --mem-batches batches under the capture (RSS after glibc returns its free pages).
 
@@ -52,9 +54,10 @@ from typing import Any
 
 import torch
 
-from coordatt_diag.capture.engine import discover_blocks, trace_blocks
+from coordatt_diag.capture.engine import DISCOVERY_BATCH, discover_blocks, trace_blocks
 from coordatt_diag.load.memory import measure_activations
 from coordatt_diag.runs.inspect import RunState, analyze_model, finalize
+from coordatt_diag.stats.masks import sample_moments
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -214,6 +217,9 @@ def in_process(args: argparse.Namespace, threads: int) -> dict[str, Series]:
 
 PHASES: dict[str, list[float]] = {}
 ACTIVATIONS: list[str] = []
+#: the discovery pass over the first batch's first samples: a plain forward of them, the traced
+#: pass, and the traced pass keeping the run's statistics (what `analyze_model` runs)
+TRACE: dict[str, list[float]] = {"plain": [], "traced": [], "keeping": []}
 
 
 def phases(model: torch.nn.Module, xs: list[torch.Tensor], specs: Any,
@@ -224,10 +230,16 @@ def phases(model: torch.nn.Module, xs: list[torch.Tensor], specs: Any,
     from coordatt_diag.reports.terminal import make_console, render
     from coordatt_diag.results import CheckpointInfo, InputsInfo
 
+    head = xs[0][:DISCOVERY_BATCH]  # the first batch's samples the discovery pass runs
     for _ in range(5):
         with torch.inference_mode():
             PHASES.setdefault("discovery alone (traced pass)", []).append(
                 timed(lambda: discover_blocks(model, xs[0][:2]), sync))
+        with torch.inference_mode():
+            TRACE["plain"].append(timed(lambda: model(head), sync))
+            TRACE["traced"].append(timed(lambda: trace_blocks(model, head), sync))
+            TRACE["keeping"].append(timed(
+                lambda: trace_blocks(model, head, moments=sample_moments), sync))
         PHASES.setdefault("memory probe (1 sample)", []).append(
             timed(lambda: measure_activations(model, xs[0][:1]), sync))
         state = RunState(blocks=specs)
@@ -402,6 +414,12 @@ def main() -> None:
                   "judging)")
         for name, times in PHASES.items():
             print(f"  {name:<30}{statistics.median(times):7.3f} s")
+        if TRACE["plain"]:
+            ratio = {k: statistics.median(t / p for t, p in zip(v, TRACE["plain"], strict=True))
+                     for k, v in TRACE.items()}
+            print(f"  discovery pass over {DISCOVERY_BATCH} samples: traced {ratio['traced']:.2f}x, "
+                  f"keeping the run's statistics {ratio['keeping']:.2f}x a plain forward of them "
+                  f"({statistics.median(TRACE['plain']):.3f} s)")
         for line in ACTIVATIONS:
             print(f"  {line}")
     if args.process:

@@ -32,6 +32,8 @@ def test_overhead_prints_ratios_phases_and_the_whole_process() -> None:
         assert phase in out, phase
     assert "wall ratio min" in out and "CPU-time ratio median" in out and "load" in out
     assert "activations per sample:" in out and "discovery pass's bound" in out
+    assert "discovery pass over 5 samples: traced" in out and "keeping the run's statistics" in out
+    assert "fixed costs of the library" in out
 
 
 @pytest.mark.slow
