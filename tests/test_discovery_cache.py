@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any
 
@@ -15,25 +14,9 @@ import coordatt_diag.runs.inspect as inspect_mod
 from coordatt_diag.demo import digits_net
 from coordatt_diag.runs.inspect import DiscoveryCache, InspectOptions, inspect_checkpoint
 from coordatt_diag.runs.multirun import inspect_checkpoints
+from tests.fixtures.compare import assert_close_tree
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _same(a: Any, b: Any, where: str = "") -> None:
-    """Equal, floats to float32 rounding (a run alone reads its first batch in two parts: the samples
-    of the discovery pass, then the rest)."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _same(x, y, f"{where}[{i}]")
-    elif isinstance(a, float) and isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9), (where, a, b)
-    else:
-        assert a == b, (where, a, b)
 
 
 def _count_discoveries(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
@@ -58,8 +41,11 @@ def test_checkpoints_of_one_architecture_are_discovered_once(
     together = inspect_checkpoints(paths, opts)
     assert len(calls) == 1
     for a, b in zip(alone, together, strict=True):
-        # same blocks, statistics and findings as one at a time
-        _same([dataclasses.asdict(x) for x in a.blocks], [dataclasses.asdict(x) for x in b.blocks])
+        # same blocks, statistics and findings as one at a time; floats to float32 rounding
+        # (a run alone reads its first batch in two parts: the discovery pass's samples, then
+        # the rest)
+        assert_close_tree([dataclasses.asdict(x) for x in a.blocks],
+                          [dataclasses.asdict(x) for x in b.blocks], rel=1e-6, abs_=1e-9)
 
 
 def test_the_key_tells_architectures_inputs_and_scalars_apart() -> None:

@@ -4,7 +4,6 @@ them again, with the same statistics as a run that reads every batch whole."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import pytest
@@ -16,6 +15,7 @@ from coordatt_diag.capture import engine
 from coordatt_diag.capture.engine import DISCOVERY_BATCH, discover_blocks, trace_blocks
 from coordatt_diag.runs.inspect import RunState, discover, run_batches
 from coordatt_diag.stats.masks import sample_moments
+from tests.fixtures.compare import assert_close_tree
 from tests.wild import corpus
 
 
@@ -34,18 +34,7 @@ def _stats(state: RunState, model: nn.Module) -> dict[tuple[str, str], Any]:
 
 
 def _close(a: Any, b: Any, where: str = "") -> None:
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _close(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _close(x, y, f"{where}[{i}]")
-    elif isinstance(a, float) and isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-5), (where, a, b)
-    else:
-        assert a == b, (where, a, b)
+    assert_close_tree(a, b, rel=1e-5, abs_=1e-5, where=where)
 
 
 def _samples_run(model: nn.Module) -> tuple[list[int], Any]:
@@ -161,8 +150,9 @@ class _Twice(nn.Module):
         return self.head(self.att(self.att(self.stem(x))))
 
 
-def test_a_block_called_twice_is_read_again() -> None:
-    net = _Twice().eval()
+def _read_whole(net: nn.Module) -> None:
+    """The pass keeps nothing, and the run reads its first batch whole, with the statistics of
+    a run given the blocks."""
     xs = _batches((6, 5))
     with torch.inference_mode():
         traced = trace_blocks(net, xs[0][:DISCOVERY_BATCH], moments=sample_moments)
@@ -170,18 +160,15 @@ def test_a_block_called_twice_is_read_again() -> None:
     fused, whole, seen = _both(net, xs)
     _close(_stats(fused, net), _stats(whole, net))
     assert sum(seen) == DISCOVERY_BATCH + 6 + 5
+
+
+def test_a_block_called_twice_is_read_again() -> None:
+    _read_whole(_Twice().eval())
 
 
 def test_past_the_keep_limit_the_first_batch_runs_whole(monkeypatch: pytest.MonkeyPatch) -> None:
-    net = corpus.build(corpus.CASES[0], 16)
-    xs = _batches((6, 5))
     monkeypatch.setattr(engine, "KEEP_LIMIT", 16)
-    with torch.inference_mode():
-        traced = trace_blocks(net, xs[0][:DISCOVERY_BATCH], moments=sample_moments)
-    assert traced.blocks and traced.first is None
-    fused, whole, seen = _both(net, xs)
-    _close(_stats(fused, net), _stats(whole, net))
-    assert sum(seen) == DISCOVERY_BATCH + 6 + 5
+    _read_whole(corpus.build(corpus.CASES[0], 16))
 
 
 def test_blocks_an_observer_streams_are_read_live() -> None:
