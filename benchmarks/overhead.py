@@ -14,6 +14,8 @@ each repetition beside them:
   - `hooks`: a hand-written baseline, forward hooks on each block's two gate convolutions that
     take the sigmoid and keep its mean and std (no host transfer);
   - `per-batch`: the batches under `inspect`'s capture and accumulators (blocks known);
+  - with `--parts`, `std ratio` and `mask stats`: the capture with only the std ratio's
+    moments taken, and with only the masks' statistics (the per-batch path's two halves);
   - `library`: `analyze_model` on the batches: discovery on the first batch's first samples
     (their statistics kept), the memory check, the rest of the batches, the judged report;
   - `torchinfo` / `torchlens`, when installed (skipped otherwise);
@@ -31,8 +33,8 @@ Memory over --mem-batches batches under the capture (RSS after glibc returns its
 
 Usage:
     python benchmarks/overhead.py [--model mobilenetv2|yolo] [--runs 7] [--batches 10]
-        [--batch-size 8] [--imgsz N] [--threads 1,2] [--process] [--device cpu|cuda] [--half]
-        [--mem-batches 0]
+        [--batch-size 8] [--imgsz N] [--threads 1,2] [--process] [--parts] [--device cpu|cuda]
+        [--half] [--mem-batches 0]
 """
 
 from __future__ import annotations
@@ -54,10 +56,16 @@ from typing import Any
 
 import torch
 
-from coordatt_diag.capture.engine import DISCOVERY_BATCH, discover_blocks, trace_blocks
+from coordatt_diag.capture.engine import (
+    DISCOVERY_BATCH,
+    BlockCall,
+    MaskCapture,
+    discover_blocks,
+    trace_blocks,
+)
 from coordatt_diag.load.memory import measure_activations
 from coordatt_diag.runs.inspect import RunState, analyze_model, finalize
-from coordatt_diag.stats.masks import sample_moments
+from coordatt_diag.stats.masks import MaskAccumulator, sample_moments
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -184,8 +192,31 @@ def in_process(args: argparse.Namespace, threads: int) -> dict[str, Series]:
     def library() -> None:
         analyze_model(model, xs)
 
+    def std_ratio_only() -> None:
+        # the capture with only the std ratio's moments taken (what the statistics' half costs)
+        kept: list[torch.Tensor] = []
+        with torch.inference_mode(), MaskCapture(
+                model, specs, lambda call: kept.append(sample_moments(call.out)),
+                on_enter=lambda spec, x: sample_moments(x)):
+            for x in xs:
+                model(x)
+
+    def masks_only() -> None:
+        # the capture with only the masks' statistics
+        accs: dict[tuple[str, str], MaskAccumulator] = {}
+
+        def fold(call: BlockCall) -> None:
+            for name, mask in call.masks.items():
+                accs.setdefault((call.spec.name, name), MaskAccumulator()).update(mask)
+
+        with torch.inference_mode(), MaskCapture(model, specs, fold):
+            for x in xs:
+                model(x)
+
     variants: dict[str, Callable[[], None]] = {"plain": plain, "hooks": hooks,
                                                "per-batch": per_batch, "library": library}
+    if args.parts:
+        variants.update({"std ratio": std_ratio_only, "mask stats": masks_only})
     if importlib.util.find_spec("torchinfo") is not None:
         from torchinfo import summary
 
@@ -388,6 +419,9 @@ def main() -> None:
     ap.add_argument("--imgsz", type=int, default=0, help="0: 224 for mobilenetv2, 640 for yolo")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--process", action="store_true", help="also the whole process")
+    ap.add_argument("--parts", action="store_true",
+                    help="also the capture with only the std ratio, and with only the masks' "
+                         "statistics")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--half", action="store_true", help="float16 model (CUDA)")

@@ -24,8 +24,9 @@ def _run(*args: str, tmp: Path | None = None) -> str:
 @pytest.mark.slow
 def test_overhead_prints_ratios_phases_and_the_whole_process() -> None:
     out = _run("benchmarks/overhead.py", "--runs", "1", "--batches", "1", "--batch-size", "2",
-               "--imgsz", "64", "--threads", "1", "--process")
-    for variant in ("plain", "hooks", "per-batch", "library", "script", "inspect"):
+               "--imgsz", "64", "--threads", "1", "--process", "--parts")
+    for variant in ("plain", "hooks", "per-batch", "library", "script", "inspect", "std ratio",
+                    "mask stats"):
         assert f"  {variant} " in out, variant
     for phase in ("per-batch statistics", "discovery", "memory probe", "rendering",
                   "imports beyond torch", "exit"):
