@@ -192,12 +192,21 @@ def in_process(args: argparse.Namespace, threads: int) -> dict[str, Series]:
     def library() -> None:
         analyze_model(model, xs)
 
+    inside: dict[str, float] = {"std ratio": 0.0, "mask stats": 0.0}
+
+    def moments(t: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        m = sample_moments(t)
+        sync()
+        inside["std ratio"] += time.perf_counter() - t0
+        return m
+
     def std_ratio_only() -> None:
         # the capture with only the std ratio's moments taken (what the statistics' half costs)
         kept: list[torch.Tensor] = []
         with torch.inference_mode(), MaskCapture(
-                model, specs, lambda call: kept.append(sample_moments(call.out)),
-                on_enter=lambda spec, x: sample_moments(x)):
+                model, specs, lambda call: kept.append(moments(call.out)),
+                on_enter=lambda spec, x: moments(x)):
             for x in xs:
                 model(x)
 
@@ -206,8 +215,11 @@ def in_process(args: argparse.Namespace, threads: int) -> dict[str, Series]:
         accs: dict[tuple[str, str], MaskAccumulator] = {}
 
         def fold(call: BlockCall) -> None:
+            t0 = time.perf_counter()
             for name, mask in call.masks.items():
                 accs.setdefault((call.spec.name, name), MaskAccumulator()).update(mask)
+            sync()
+            inside["mask stats"] += time.perf_counter() - t0
 
         with torch.inference_mode(), MaskCapture(model, specs, fold):
             for x in xs:
@@ -236,6 +248,13 @@ def in_process(args: argparse.Namespace, threads: int) -> dict[str, Series]:
           f"{tuple(xs[0].shape)} {dtype} on {dev}, {args.runs} interleaved runs")
     for name, s in series.items():
         print(ratio_line(name, s, series["plain"]))
+    if args.parts:
+        # time spent inside the statistics' own calls: a floor of what they add, whatever the
+        # machine's load does to the ratios
+        plain_total = sum(series["plain"].times)
+        print("  inside the statistics' calls, over the runs: " + ", ".join(
+            f"{name} {100 * t / plain_total:.1f} %" for name, t in inside.items())
+            + " of the plain forward passes' time")
     missing = [n for n in ("torchinfo", "torchlens") if n not in variants]
     if missing:
         print(f"  ({', '.join(missing)} not installed: skipped)")

@@ -35,6 +35,7 @@ def test_overhead_prints_ratios_phases_and_the_whole_process() -> None:
     assert "activations per sample:" in out and "discovery pass's bound" in out
     assert "discovery pass over 5 samples: traced" in out and "keeping the run's statistics" in out
     assert "fixed costs of the library" in out
+    assert "inside the statistics' calls" in out
 
 
 @pytest.mark.slow
