@@ -195,3 +195,30 @@ def test_no_tensor_of_the_traced_pass_is_kept_after_the_run() -> None:
     del traced
     gc.collect()
     assert all(r() is None for r in refs)
+
+
+class _DictBelowFive(nn.Module):
+    """An SE block whose output is a dict for batches under five samples (no tensor to take
+    moments of): the traced samples' std ratio then counts as a batch of its own."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.fc = nn.Conv2d(c, c, 1)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        out = x * torch.sigmoid(self.fc(x.mean((2, 3), keepdim=True)))
+        return out if x.shape[0] >= DISCOVERY_BATCH else {"out": out}
+
+
+def test_traced_samples_the_rest_cannot_join_count_alone() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _DictBelowFive(8)).eval()
+    xs = _batches((7,))
+    with torch.inference_mode():
+        state = run_batches(net, xs)
+        x = net[0](xs[0][:DISCOVERY_BATCH]).double()
+        out = net[1](x.float()).double()
+    ratio = state.acc["1"].ratio.finalize()
+    assert ratio is not None and ratio.batches == 1
+    hand = float(out.flatten(1).std(1, correction=0).mean() / x.flatten(1).std(1, correction=0).mean())
+    assert ratio.mean == pytest.approx(hand, rel=1e-5)
+    assert state.acc["1"].masks["channel"].finalize().count == 7 * 8  # every sample's masks

@@ -485,8 +485,8 @@ class _Call:
     gated_out: bool = False
     within: tuple[_Call, ...] = ()  # the calls open when this one began, outermost first
     # kept for the run's statistics (`trace_blocks` with `moments`): the call's tensor inputs
-    # while it is open, then, for a call that computed a gate, each input's moments (taken
-    # before any in-place write to it) and the output's
+    # while it is open, then, for a call that could be a block (`candidate`), each input's
+    # moments (taken before any in-place write to it) and the output's
     held: dict[int | str, torch.Tensor] | None = None
     moments: dict[int | str, torch.Tensor | None] = field(default_factory=dict)
     out_moments: torch.Tensor | None = None
@@ -1156,10 +1156,11 @@ def trace_blocks(
     With `moments` (a function of a tensor, e.g. the std ratio's per-sample moments), the pass
     also keeps what the run's statistics need from it, so that a run that traces its first
     batch's first samples need not run them again: each gate output (up to KEEP_LIMIT bytes in
-    all), and for each module call that computed a gate, the moments of its inputs (taken before
-    any in-place write to them) and of its output. `Traced.first` then holds each block's call;
-    it is None when the pass kept too much, a block ran more than once, or a mask could not be
-    read.
+    all), and for each module call that could be a block (one holding a gate and every product
+    of it, or one whose input a mask weights; not torch.nn's own leaf layers), the moments of
+    its inputs (taken before any in-place write to them) and of its output. `Traced.first`
+    then holds each block's call; it is None when the pass kept too much, a block ran more than
+    once, a mask could not be read, or a block's moments were not taken.
 
     Args:
         model: the model (put in eval mode by the caller; its flags are not changed here).

@@ -121,16 +121,18 @@ class RunState:
                 self._last_out = (weakref.ref(out), version, out_moments)
         acc = self.acc.setdefault(call.spec.name, BlockAccumulator.empty())
         seeded = self._seeded.pop(call.spec.name, None) if self._seeded else None
-        if seeded is not None and out is not None and out_moments is not None:
+        if seeded is not None:
             xm, xn, om, on = seeded
-            x_moments = call.entered if call.entered is not None else sample_moments(call.x)
-            if xn == call.x[0].numel() and on == out[0].numel() \
+            x_moments = (None if out is None or out_moments is None else call.entered
+                         if call.entered is not None else sample_moments(call.x))
+            if x_moments is not None and out is not None and out_moments is not None \
+                    and xn == call.x[0].numel() and on == out[0].numel() \
                     and x_moments.shape[1] == out_moments.shape[1]:
                 # the traced samples and these are one batch
                 acc.ratio.add(torch.cat([xm, x_moments], dim=1), xn,
                               torch.cat([om, out_moments], dim=1), on)
                 out = None  # its moments are folded
-            else:
+            else:  # not joinable: the traced samples count as a batch of their own
                 acc.ratio.add(xm, xn, om, on)
         acc.update(call.x, out, call.masks, x_moments=call.entered, out_moments=out_moments)
         for observer in self.observers:
@@ -166,7 +168,13 @@ def _version(t: torch.Tensor) -> int | None:
 
 
 class BlockObserver(Protocol):
-    """Sees every block call of a run and adds per-block entries to the report's `extra`."""
+    """Sees every block call of a run and adds per-block entries to the report's `extra`.
+
+    An observer may also have `watches(model, blocks) -> bool`: whether it streams anything of
+    those blocks. One that says False lets a run count the discovery pass's samples without
+    showing it their calls (`RunState.sees_every_call`); one without the method is shown every
+    call (the first batch runs whole).
+    """
 
     def attach(self, model: nn.Module,
                blocks: list[BlockSpec]) -> contextlib.AbstractContextManager[None]: ...
