@@ -372,6 +372,27 @@ class _BlockWatch:
     seen: dict[str, torch.Tensor] = field(default_factory=dict)  # last _last_ah folded
 
 
+def _streamed_parts(model: nn.Module, blocks: list[BlockSpec]) -> dict[str, _BlockWatch]:
+    """Per block, its parts with a router and its parts with a scale clamp (blocks with
+    neither are left out)."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    found: dict[str, _BlockWatch] = {}
+    for spec in blocks:
+        block = modules.get(spec.name)
+        if block is None:
+            continue
+        watch = _BlockWatch()
+        for part, module in block.named_modules():
+            if _router(module) is not None:
+                watch.routers[part] = module
+                watch.pending[part] = []
+            if _has_clamp(module):
+                watch.clamps[part] = module
+        if watch.routers or watch.clamps:
+            found[spec.name] = watch
+    return found
+
+
 class MonitorObserver:
     """Streams the seed blocks' router shares and scale clamps; reports `extra["monitor"]`.
 
@@ -394,36 +415,20 @@ class MonitorObserver:
     def watches(model: nn.Module, blocks: list[BlockSpec]) -> bool:
         """Whether any of the blocks has a part this observer streams (a router or a scale
         clamp): then it must see every block call of the run."""
-        modules = dict(model.named_modules(remove_duplicate=False))
-        for spec in blocks:
-            block = modules.get(spec.name)
-            if block is not None and any(_router(m) is not None or _has_clamp(m)
-                                         for m in block.modules()):
-                return True
-        return False
+        return bool(_streamed_parts(model, blocks))
 
     @contextlib.contextmanager
     def attach(self, model: nn.Module, blocks: list[BlockSpec]) -> Iterator[None]:
         """Hook the routers of the blocks' parts for the duration; every hook is removed on exit."""
-        modules = dict(model.named_modules(remove_duplicate=False))
         handles: list[Any] = []
         try:
-            for spec in blocks:
-                block = modules.get(spec.name)
-                if block is None:
-                    continue
-                watch = _BlockWatch()
-                for part, module in block.named_modules():
+            self._watch = _streamed_parts(model, blocks)
+            for watch in self._watch.values():
+                for part, module in watch.routers.items():
                     router = _router(module)
                     if router is not None:
-                        watch.routers[part] = module
-                        watch.pending[part] = []
                         handles.append(router.register_forward_hook(
                             self._stash(watch.pending[part])))
-                    if _has_clamp(module):
-                        watch.clamps[part] = module
-                if watch.routers or watch.clamps:
-                    self._watch[spec.name] = watch
             yield
         finally:
             for h in handles:
