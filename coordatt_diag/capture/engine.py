@@ -1000,22 +1000,15 @@ class _DiscoveryHooks:
     def _pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         t = self.tracer
         call = _Call(self.names[module], module, args, dict(kwargs), t.n_events, t.serial + 1)
-        held: dict[int | str, torch.Tensor] = {}
-        n = 0
-        for a in args:
-            if isinstance(a, torch.Tensor):
-                call.inputs[n] = tuple(a.shape)
-                held[n] = a
-                n += 1
-        for k, v in kwargs.items():
-            if isinstance(v, torch.Tensor):
-                call.inputs[k] = tuple(v.shape)
-                held[k] = v
-        if not call.inputs:
+        # the tensor inputs by position among the tensors, or keyword (`_input_of`'s keys)
+        held: dict[int | str, torch.Tensor] = dict(enumerate(
+            a for a in args if isinstance(a, torch.Tensor)))
+        held.update((k, v) for k, v in kwargs.items() if isinstance(v, torch.Tensor))
+        if not held:
             first = _first_tensor(args, kwargs)
             if first is not None:
-                call.inputs[0] = tuple(first.shape)
                 held[0] = first
+        call.inputs = {k: tuple(v.shape) for k, v in held.items()}
         if t.kept is not None and module not in self.leaves:
             call.held = held
         call.within = tuple(t.stack)

@@ -607,17 +607,15 @@ def run_batches(
             index = 0
             batch: torch.Tensor | None = first
             while batch is not None:
-                if head is not None:  # the first batch, its first samples counted already
-                    state.seed(head)
-                    head = None
-                    if batch.shape[0] > DISCOVERY_BATCH:
-                        _forward(model, batch[DISCOVERY_BATCH:])
-                    state.close_seed()
-                    done += 1
-                    if progress is not None:
-                        progress(done)
-                elif group is None or group.owns(index):
-                    _forward(model, batch)
+                if group is None or group.owns(index):
+                    if head is not None:  # the first batch, its first samples counted already
+                        state.seed(head)
+                        head = None
+                        if batch.shape[0] > DISCOVERY_BATCH:
+                            _forward(model, batch[DISCOVERY_BATCH:])
+                        state.close_seed()
+                    else:
+                        _forward(model, batch)
                     done += 1
                     if progress is not None:
                         progress(done)
